@@ -1,0 +1,55 @@
+"""Entry point of the embedded server: llama-cpp-python's server plus memchat's transcript format.
+
+Base models (the shipped Gemma 3 270M) have no chat template; llama.cpp would fall back to a
+Llama-2 format and the replies are junk. ``memchat-transcript`` renders a plain transcript with
+the system text first, a one-shot example and ``User:``/``Assistant:`` turns, with stop sequences.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from llama_cpp import llama_chat_format as fmt
+
+ONE_SHOT = (
+    "Example conversation:\n"
+    "User: Hi, my name is Ana and I like green.\n"
+    "Assistant: Nice to meet you, Ana! Green is a lovely colour.\n"
+    "User: What is my name?\n"
+    "Assistant: Your name is Ana.\n"
+)
+STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>"]
+
+
+@fmt.register_chat_format("memchat-transcript")
+def format_memchat_transcript(messages: list[Any], **kwargs: Any) -> fmt.ChatFormatterResponse:
+    """System text, a one-shot example, then the dialogue as a transcript."""
+    parts: list[str] = []
+    for m in messages:
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+        role = m.get("role")
+        if role == "system":
+            parts.append(content.strip() + "\n\n" + ONE_SHOT + "\n### Conversation\n")
+        elif role == "user":
+            parts.append(f"User: {content.strip()}\n")
+        elif role == "assistant":
+            parts.append(f"Assistant: {content.strip()}\n")
+    if not parts or not parts[0].endswith("### Conversation\n"):
+        parts.insert(0, ONE_SHOT + "\n### Conversation\n")
+    prompt = "".join(parts) + "Assistant:"
+    return fmt.ChatFormatterResponse(prompt=prompt, stop=STOP)
+
+
+def main() -> None:
+    """Run llama_cpp.server's CLI with the format above registered."""
+    from llama_cpp.server.__main__ import main as server_main
+
+    sys.argv[0] = "memchat-llama-server"
+    server_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""One LLM client path: langchain-openai ``ChatOpenAI`` against any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_openai import ChatOpenAI
+
+from graph.settings import Settings
+
+
+class BackendError(RuntimeError):
+    """The LLM backend is unreachable, failing or misconfigured (maps to HTTP 503)."""
+
+
+class BackendTimeout(BackendError):
+    """The LLM backend did not answer within ``MEMCHAT_LLM_TIMEOUT`` (maps to HTTP 504)."""
+
+
+@dataclass
+class BackendInfo:
+    """What the backend says it serves."""
+
+    base_url: str
+    model: str
+    context_length: int | None
+    kind: str  # "embedded", "sglang" or "openai-compatible"
+
+
+def resolve_base_url(settings: Settings) -> str:
+    """The configured URL, or the embedded llama.cpp server's (started on demand)."""
+    if settings.llm_base_url:
+        return settings.llm_base_url
+    from graph.local_server import ensure_local_server
+
+    return ensure_local_server(settings)
+
+
+def probe_backend(settings: Settings, base_url: str | None = None) -> BackendInfo:
+    """Ask the backend what it serves (``/v1/models``; ``/get_model_info`` on SGLang).
+
+    Raises :class:`BackendError` with a clear message for a wrong URL or key, and when the
+    prompt budget is larger than the backend's context window.
+    """
+    url = base_url or resolve_base_url(settings)
+    headers = {"Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}"}
+    try:
+        r = httpx.get(f"{url}/models", headers=headers, timeout=min(10.0, settings.llm_timeout))
+    except httpx.HTTPError as exc:
+        raise BackendError(f"LLM server at {url} is unreachable: {exc}") from exc
+    if r.status_code in (401, 403):
+        raise BackendError(f"LLM server at {url} refused the API key (HTTP {r.status_code}); check MEMCHAT_LLM_API_KEY")
+    if r.status_code != 200:
+        raise BackendError(f"LLM server at {url} answered HTTP {r.status_code} on /models; is it OpenAI-compatible?")
+    data = r.json().get("data") or []
+    if not data:
+        raise BackendError(f"LLM server at {url} serves no model")
+    ids = [m.get("id") for m in data]
+    model = settings.llm_model or str(ids[0])
+    if settings.llm_model and settings.llm_model not in ids:
+        raise BackendError(f"LLM server at {url} does not serve {settings.llm_model!r}; it serves {ids}")
+    entry = next((m for m in data if m.get("id") == model), data[0])
+    ctx = entry.get("max_model_len") or entry.get("context_length")
+    kind = "embedded" if not settings.llm_base_url else "openai-compatible"
+    root = url[: -len("/v1")] if url.endswith("/v1") else url
+    try:
+        info = httpx.get(f"{root}/get_model_info", headers=headers, timeout=5.0)
+        if info.status_code == 200 and "model_path" in info.json():
+            kind = "sglang"
+    except (httpx.HTTPError, ValueError):
+        pass
+    if settings.embedded:
+        ctx = settings.local_n_ctx
+    if ctx and settings.max_input_tokens > int(ctx) and not settings.embedded:
+        raise BackendError(
+            f"MEMCHAT_MAX_INPUT_TOKENS={settings.max_input_tokens} exceeds the context length {ctx} "
+            f"of {model} at {url}; lower it or start the server with a longer context"
+        )
+    return BackendInfo(base_url=url, model=model, context_length=int(ctx) if ctx else None, kind=kind)
+
+
+def make_chat_model(settings: Settings, base_url: str | None = None, **overrides: Any) -> BaseChatModel:
+    """A ``ChatOpenAI`` for the configured (or embedded) server, streaming usage included."""
+    url = base_url or resolve_base_url(settings)
+    stop = list(settings.llm_stop) or None
+    kwargs: dict[str, Any] = dict(
+        base_url=url,
+        api_key=settings.llm_api_key.get_secret_value() or "EMPTY",
+        model=settings.llm_model or ("gemma-3-270m" if settings.embedded else "default"),
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+        temperature=settings.llm_temperature,
+        max_completion_tokens=settings.llm_max_tokens,
+        stream_usage=True,
+        stop_sequences=stop,
+    )
+    kwargs.update(overrides)
+    return ChatOpenAI(**kwargs)
+
+
+def cached_tokens(message: BaseMessage) -> int | None:
+    """Cached prompt tokens reported by the server (SGLang omits the field when it is 0)."""
+    if not isinstance(message, AIMessage) or not message.usage_metadata:
+        return None
+    details = message.usage_metadata.get("input_token_details") or {}
+    value = details.get("cache_read")
+    return int(value) if value is not None else None
+
+
+def classify_error(exc: BaseException) -> BackendError:
+    """Map a client exception to :class:`BackendError` / :class:`BackendTimeout`."""
+    import openai
+
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
+        return BackendTimeout(f"LLM backend timed out: {exc}")
+    return BackendError(f"LLM backend failed: {type(exc).__name__}: {exc}")
+
+
+def response_format_for(settings: Settings, fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Translate an OpenAI ``response_format`` for the backend (llama.cpp wants ``json_object`` + ``schema``)."""
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if not settings.embedded:
+        return fmt
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_object", **({"schema": fmt["schema"]} if "schema" in fmt else {})}
+
+
+def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``json_schema`` response format."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}

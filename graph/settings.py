@@ -1,0 +1,97 @@
+"""Typed settings for memchat: one object, env prefix ``MEMCHAT_``, ``.env`` support."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All memchat knobs. Every backend switch (embedded vs production) is a setting here."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMCHAT_", env_file=".env", extra="ignore")
+
+    # --- LLM -------------------------------------------------------------------------------
+    llm_base_url: str = Field("", description="OpenAI-compatible base URL; empty = embedded llama.cpp server")
+    llm_model: str = Field("", description="Model name sent to the server; empty = what the server serves")
+    llm_api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key of the LLM server")
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds before an LLM call fails")
+    llm_max_retries: int = Field(1, ge=0, description="Retries of a failed LLM call")
+    llm_temperature: float = Field(0.3, ge=0, le=2)
+    llm_max_tokens: int = Field(256, gt=0, description="Default reply length cap (tokens)")
+    llm_fold_system: bool = Field(False, description="Fold the system prompt into the first user message")
+    llm_stop: list[str] = Field(default_factory=list, description="Extra stop sequences")
+    local_model: str = Field("", description="GGUF path for the embedded server; empty = shipped Gemma 3 270M")
+    local_n_ctx: int = Field(8192, gt=0, description="Context window of the embedded server")
+    local_threads: int = Field(0, ge=0, description="Threads of the embedded server; 0 = all cores")
+    local_chat_format: str = Field("memchat-transcript", description="llama.cpp chat format of the embedded server")
+    local_startup_timeout: float = Field(120.0, gt=0)
+
+    # --- storage -----------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".memchat"), description="Where checkpoints, vectors and the model live")
+    checkpoint_url: str = Field("", description="SQLite path or postgresql:// URL; empty = <data_dir>/checkpoints.sqlite")
+    chroma_url: str = Field("", description="Chroma server http://host:port; empty = embedded persistent store")
+    chroma_collection: str = Field("memchat", description="Chroma collection name")
+    embedding_model: str = Field("", description="sentence-transformers id or path; empty = shipped all-MiniLM-L6-v2")
+    embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
+    embedding_device: str = Field("cpu")
+    tokenizer: str = Field("", description="tokenizer.json path or HF id; empty = Qwen's shipped tokenizer")
+
+    # --- memory --------------------------------------------------------------------------------
+    persona: str = Field("You are a helpful, precise assistant.", description="Default system persona")
+    max_input_tokens: int = Field(32768, gt=256, description="Hard cap of the prompt plus reserve")
+    generation_reserve: int = Field(1024, ge=16, description="Tokens kept free for the reply")
+    memory_tokens: int = Field(2000, ge=0, description="Cap of the retrieved-memory section")
+    max_message_tokens: int = Field(8000, gt=16, description="Longer user messages are truncated with a marker")
+    l0_turns: int = Field(5, ge=1, description="Verbatim turns kept; L0 is compacted when it reaches 2x this")
+    l2_threshold: int = Field(20, ge=1, description="Turns folded from L1 into the L2 JSON at once")
+    memory_top_k: int = Field(12, ge=0, description="Ranked hits considered per query (before neighbours)")
+    memory_candidates: int = Field(50, ge=1, description="Candidates fetched from each retriever")
+    memory_neighbours: int = Field(1, ge=0, description="Adjacent turns added around a hit")
+    memory_min_score: float = Field(0.2, description="Dense cosine floor for a hit found only by dense search")
+    llm_extraction: bool = Field(False, description="Also extract facts with the LLM (batched at compaction)")
+    ttl_turns_task: int = Field(40, ge=0, description="Turns without mention before a task expires (0 = never)")
+    ttl_turns_fact: int = Field(0, ge=0)
+    ttl_turns_instruction: int = Field(0, ge=0)
+    ttl_turns_preference: int = Field(0, ge=0)
+    ttl_seconds_task: float = Field(7 * 24 * 3600, ge=0, description="Age before a task expires (0 = never)")
+    ttl_seconds_other: float = Field(0, ge=0)
+
+    # --- server ----------------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="When set, the HTTP API needs Bearer auth")
+    max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _strip_url(cls, v: str) -> str:
+        return v.strip().rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        """True when memchat runs its own llama.cpp server."""
+        return not self.llm_base_url
+
+    @property
+    def prompt_limit(self) -> int:
+        """Most tokens the prompt may have."""
+        limit = self.max_input_tokens
+        if self.embedded:
+            limit = min(limit, self.local_n_ctx)
+        return max(64, limit - self.generation_reserve)
+
+    def ttl_turns(self, kind: str) -> int:
+        """Turn-based expiry for a slot kind (0 = never)."""
+        return int(getattr(self, f"ttl_turns_{kind}", 0))
+
+    def ttl_seconds(self, kind: str) -> float:
+        """Time-based expiry for a slot kind (0 = never)."""
+        return self.ttl_seconds_task if kind == "task" else self.ttl_seconds_other
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment (cached)."""
+    return Settings()

@@ -1,0 +1,68 @@
+"""Helpers the nodes share: ids from config, the verbatim window, message text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+
+from graph.prompt import Turn
+from graph.state import State
+
+
+def thread_id(config: RunnableConfig | None) -> str:
+    """The thread of this run (``configurable.thread_id``)."""
+    return str(((config or {}).get("configurable") or {}).get("thread_id") or "default")
+
+
+def user_id(state: State, config: RunnableConfig | None) -> str:
+    """The user of this run: ``configurable.user_id``, else the thread's, else ``anonymous``."""
+    conf = (config or {}).get("configurable") or {}
+    return str(conf.get("user_id") or state.get("user_id") or "anonymous")
+
+
+def text_of(m: AnyMessage) -> str:
+    """Plain text of a message (joins text parts)."""
+    c = m.content
+    if isinstance(c, str):
+        return c
+    return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in c)
+
+
+def current_message(state: State) -> HumanMessage:
+    """The user message of the turn being run."""
+    for m in reversed(state.get("messages") or []):
+        if isinstance(m, HumanMessage):
+            return m
+        if isinstance(m, AIMessage):
+            break
+    raise ValueError("a turn needs a new user message as the last message")
+
+
+def completed_pairs(state: State) -> list[tuple[HumanMessage, AIMessage]]:
+    """The verbatim (L0) turns already answered, oldest first."""
+    msgs = [m for m in (state.get("messages") or []) if isinstance(m, (HumanMessage, AIMessage))]
+    pairs: list[tuple[HumanMessage, AIMessage]] = []
+    pending: HumanMessage | None = None
+    for m in msgs:
+        if isinstance(m, HumanMessage):
+            pending = m
+        elif pending is not None:
+            pairs.append((pending, m))
+            pending = None
+    return pairs
+
+
+def l0_turns(state: State) -> list[Turn]:
+    """Completed L0 turns with the tails they were sent with."""
+    pairs = completed_pairs(state)
+    done = int(state.get("turn") or 0)
+    metas = {int(m.get("turn", 0)): m for m in (state.get("l0_meta") or [])}
+    out = []
+    for i, (h, a) in enumerate(pairs):
+        n = done - len(pairs) + i + 1
+        meta: Any = metas.get(n) or {}
+        out.append(Turn(turn=n, user=text_of(h), assistant=text_of(a), memories=list(meta.get("memories") or []),
+                        notes=list(meta.get("notes") or [])))
+    return out

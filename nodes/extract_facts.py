@@ -1,0 +1,47 @@
+"""Node 1: typed memory candidates from the new user turn (and assistant confirmations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+
+from graph.engine import Engine, get_engine
+from graph.rules import extract_rules, forget_requests
+from graph.state import State
+from graph.textproc import overlap
+from nodes.common import completed_pairs, current_message, text_of, user_id
+
+GROUNDING_MIN = 0.5
+
+
+def grounded(candidate: dict[str, Any], source_text: str) -> bool:
+    """A candidate is kept only when its source turn supports it (lexical check)."""
+    value = str(candidate.get("value", ""))
+    if value and value.lower() in source_text.lower():
+        return True
+    return overlap(value, source_text) >= GROUNDING_MIN
+
+
+def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+    """Rules tier (zero LLM calls); the LLM tier runs batched at compaction (see ``summarize``)."""
+    eng = engine or get_engine()
+    human = current_message(state)
+    text = text_of(human)
+    update: dict[str, Any] = {"user_id": user_id(state, config)}
+    limit = eng.settings.max_message_tokens
+    if eng.tokenizer.count(text) > limit:
+        text = eng.tokenizer.truncate(text, limit)
+        update["messages"] = [HumanMessage(content=text, id=human.id)]
+        update["counters"] = {"truncated_messages": 1}
+    cands = [c.as_dict() for c in extract_rules(text, "user")]
+    pairs = completed_pairs(state)
+    if pairs:
+        prev_ai: AIMessage = pairs[-1][1]
+        cands += [c.as_dict() for c in extract_rules(text_of(prev_ai), "assistant")]
+    kept = [c for c in cands if grounded(c, c["evidence"])]
+    kept += [{"kind": "forget", "key": name, "value": name, "evidence": text, "source": "user"}
+             for name in forget_requests(text)]
+    update["candidates"] = kept
+    return update

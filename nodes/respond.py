@@ -1,0 +1,146 @@
+"""Node 5: assemble the prefix-stable prompt within budget, stream the reply, persist memories."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from graph.engine import Engine, get_engine
+from graph.llm import cached_tokens, classify_error, response_format_for
+from graph.prompt import Turn, assemble, prefix_reuse, render_head
+from graph.rules import free_facts
+from graph.state import State, TurnMeta
+from graph.vectorstore import MemoryDoc, msg_id
+from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
+from nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
+
+PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
+
+
+def to_lc(messages: list[dict[str, str]]) -> list[BaseMessage]:
+    """Chat dicts to LangChain messages."""
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m["role"]](content=m["content"]) for m in messages]  # type: ignore[misc]
+
+
+def _llm_params(eng: Engine, config: RunnableConfig) -> dict[str, Any]:
+    """Per-request generation parameters (``configurable.llm_params``)."""
+    params = dict(((config or {}).get("configurable") or {}).get("llm_params") or {})
+    out: dict[str, Any] = {}
+    if params.get("max_tokens") is not None:
+        out["max_completion_tokens"] = int(params["max_tokens"])
+    for k in ("temperature", "top_p", "seed"):
+        if params.get(k) is not None:
+            out[k] = params[k]
+    if params.get("stop"):
+        out["stop"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
+    fmt = response_format_for(eng.settings, params.get("response_format"))
+    if fmt:
+        out["response_format"] = fmt
+    return out
+
+
+def fact_id(user: str, text: str) -> str:
+    """Content-addressed id of a user-scoped fact (the same fact is stored once)."""
+    return "fact:" + hashlib.sha1(f"{user}\n{' '.join(text.lower().split())}".encode()).hexdigest()[:20]
+
+
+def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
+            engine: Engine | None = None) -> dict[str, Any]:
+    """One LLM call on the hot path. Side effects (vector memory, audit) only after the reply."""
+    eng = engine or get_engine()
+    tid, uid = thread_id(config), user_id(state, config)
+    turn = int(state.get("turn") or 0) + 1
+    human = current_message(state)
+    message = text_of(human)
+    turns = l0_turns(state)
+    if state.get("memory_rebase"):
+        turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+    head = state.get("head") or {}
+    head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
+    notes = [n for n in (_describe(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
+    asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
+                   turns=turns, message=message, memories=list(state.get("retrieved") or []), notes=notes)
+    if asm.rebased:
+        turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+    llm = eng.llm
+    params = _llm_params(eng, config)
+    if params:
+        llm = llm.bind(**params)  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    chunks: AIMessageChunk | None = None
+    eng.metrics.inc("llm_calls_respond")
+    try:
+        for chunk in llm.stream(to_lc(asm.messages), config={"tags": ["memchat:respond"]}):
+            if ttft is None and chunk.content:
+                ttft = time.perf_counter() - t0
+            chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
+    except Exception as exc:
+        eng.metrics.inc("llm_failures")
+        raise classify_error(exc) from exc
+    reply_text = text_of(chunks) if chunks is not None else ""
+    usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
+    reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
+                      response_metadata={"turn": turn})
+    cached = cached_tokens(reply)
+    prev = state.get("context") or {}
+    reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
+    now = datetime.now(UTC)
+    date = now.strftime("%Y-%m-%d %H:%M")
+    # --- side effects, idempotent ids (a retried turn never duplicates) ---
+    docs = [
+        MemoryDoc(id=msg_id(tid, 2 * turn - 1), text=message, user_id=uid, thread_id=tid, kind="turn", speaker="user",
+                  turn=turn, seq=2 * turn - 1, date=date),
+        MemoryDoc(id=msg_id(tid, 2 * turn), text=reply_text, user_id=uid, thread_id=tid, kind="turn",
+                  speaker="assistant", turn=turn, seq=2 * turn, date=date),
+    ]
+    facts = free_facts(message) + [str(p["text"]) for p in state.get("pending_facts") or []]
+    docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
+                       date=date, scope="user") for f in dict.fromkeys(facts)]
+    eng.store_docs(docs)
+    store = getattr(runtime, "store", None)
+    events = list(state.get("slot_changes") or [])
+    if store is not None:
+        slots = state.get("slots") or {}
+        for i, ev in enumerate(events):
+            store.put(audit_namespace(uid), f"{tid}:{turn}:{i}", dict(ev))
+            key = ev["key"]
+            if key.split(":", 1)[0] in PROFILE_KINDS:
+                if key in slots and ev["action"] in ("set", "corrected"):
+                    store.put(profile_namespace(uid), key, dict(slots[key]))
+                elif ev["action"] in ("expired", "forgotten"):
+                    store.delete(profile_namespace(uid), key)
+    metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes) for t in turns]
+    metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
+    prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])
+    counters = {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
+                "cached_tokens": int(cached or 0)}
+    return {
+        "messages": [reply],
+        "turn": turn,
+        "l0_meta": metas,
+        "candidates": [],
+        "pending_facts": [],
+        "memory_rebase": False,
+        "context": {
+            "turn": turn, "messages": asm.messages, "reply": reply_text, "sections": asm.sections,
+            "cached_tokens": cached, "prefix_reuse": round(reuse, 4), "ttft_s": ttft,
+            "latency_s": round(time.perf_counter() - t0, 4), "usage": usage,
+            "dropped_turns": asm.dropped_turns, "rebased": asm.rebased, "truncated": asm.truncated_message,
+            "retrieved_ids": [m.get("id") for m in asm.memories],
+        },
+        "counters": counters,
+    }
+
+
+def _describe(ev: dict[str, Any]) -> str:
+    from graph.slots import describe_change
+
+    return describe_change(ev)

@@ -1,0 +1,43 @@
+"""Node 4: hybrid retrieval for the new message, deduplicated against what the prompt already shows."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from graph.engine import Engine, get_engine
+from graph.prompt import memory_line
+from graph.state import State
+from graph.vectorstore import msg_id
+from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
+
+log = logging.getLogger("memchat.retrieve")
+
+
+def retrieve(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+    """Memories for this turn within what the memory budget has left (sticky blocks count)."""
+    eng = engine or get_engine()
+    s = eng.settings
+    tid, uid = thread_id(config), user_id(state, config)
+    query = text_of(current_message(state))
+    turns = l0_turns(state)
+    shown = {m["id"] for t in turns for m in t.memories if "id" in m}
+    exclude = {msg_id(tid, 2 * t.turn + d) for t in turns for d in (-1, 0)}
+    turn = int(state.get("turn") or 0) + 1
+    exclude |= {msg_id(tid, 2 * turn - 1), msg_id(tid, 2 * turn)}  # the current turn (a retried one)
+    sticky = sum(eng.tokenizer.count(memory_line(m)) + 1 for t in turns for m in t.memories)
+    budget = s.memory_tokens - sticky
+    rebase = sticky > 0 and budget < s.memory_tokens // 2
+    if rebase:
+        budget = s.memory_tokens
+    else:
+        exclude |= shown
+    try:
+        items = eng.recall(query, user_id=uid, thread_id=tid, budget_tokens=budget, exclude_ids=exclude)
+    except Exception as exc:  # degrade: answer without recalled memories, and count it
+        log.warning("retrieval failed: %s", exc)
+        eng.metrics.inc("retrieval_failures")
+        return {"retrieved": [], "memory_rebase": False, "counters": {"retrieval_failures": 1}}
+    return {"retrieved": items, "memory_rebase": rebase}

@@ -1,0 +1,154 @@
+"""Node 3 (conditional): compact L0 into L1 in steps, fold old L1 into the L2 JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from langchain_core.messages import HumanMessage, RemoveMessage
+from langchain_core.runnables import RunnableConfig
+
+from graph.engine import Engine, get_engine
+from graph.llm import json_schema_format, response_format_for
+from graph.rules import sentences
+from graph.state import State
+from nodes.common import completed_pairs, l0_turns, text_of
+from nodes.extract_facts import grounded
+from nodes.update_slots import head_snapshot
+from prompts import load_prompt
+
+log = logging.getLogger("memchat.summarize")
+
+L1_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"},
+                                             "facts": {"type": "array", "items": {"type": "string"}}},
+             "required": ["summary", "facts"]}
+L2_KEYS = ("topics", "decisions", "open_questions", "facts")
+L2_SCHEMA = {"type": "object", "properties": {k: {"type": "array", "items": {"type": "string"}} for k in L2_KEYS},
+             "required": list(L2_KEYS)}
+
+
+def l1_coverage(l1: list[dict[str, Any]]) -> int:
+    """Turns covered by the L1 lines."""
+    return sum(int(b["to_turn"]) - int(b["from_turn"]) + 1 for b in l1)
+
+
+def should_summarize(state: State, config: RunnableConfig | None = None) -> str:
+    """Route: ``summarize`` when L0 reached 2×N turns, L1 is due for L2, or L2 was requested."""
+    from graph.settings import get_settings
+
+    s = _settings(config) or get_settings()
+    n = s.l0_turns
+    if len(completed_pairs(state)) >= 2 * n or state.get("l2_requested"):
+        return "summarize"
+    if l1_coverage(state.get("l1") or []) >= s.l2_threshold + n:
+        return "summarize"
+    return "retrieve"
+
+
+def _settings(config: RunnableConfig | None) -> Any:
+    eng = ((config or {}).get("configurable") or {}).get("__memchat_engine")
+    return getattr(eng, "settings", None)
+
+
+def _call_json(eng: Engine, prompt: str, name: str, schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    fmt = response_format_for(eng.settings, json_schema_format(name, schema))
+    llm = eng.llm.bind(response_format=fmt, max_completion_tokens=max_tokens, temperature=0)
+    msg = llm.invoke([HumanMessage(content=prompt)], config={"tags": ["memchat:summary"]})
+    data = json.loads(text_of(msg))
+    if not isinstance(data, dict):
+        raise ValueError("summary is not a JSON object")
+    return data
+
+
+def fallback_summary(turns_text: list[str], max_chars: int = 160) -> str:
+    """Extractive stand-in when the LLM summary fails: the first user sentence of each turn."""
+    firsts = [(sentences(t) or [t])[0] for t in turns_text if t.strip()]
+    out = " / ".join(firsts)
+    return out if len(out) <= max_chars else out[: max_chars - 1] + "…"
+
+
+def summarize_l1(eng: Engine, turns: list[tuple[int, str, str]]) -> tuple[str, list[str], bool]:
+    """One-sentence summary of a block of turns (+ grounded LLM facts). Returns (text, facts, ok)."""
+    block = "\n".join(f"[turn {n}] user: {u}\n[turn {n}] assistant: {a}" for n, u, a in turns)
+    source = "\n".join(u for _, u, _ in turns)
+    eng.metrics.inc("llm_calls_summary")
+    try:
+        data = _call_json(eng, load_prompt("summarize_l1").format(turns=block), "l1_summary", L1_SCHEMA, 96)
+        summary = " ".join(str(data.get("summary", "")).split())
+        if not summary:
+            raise ValueError("empty summary")
+        facts = [str(f) for f in data.get("facts") or [] if isinstance(f, str)]
+        facts = [f for f in facts if grounded({"value": f}, source)] if eng.settings.llm_extraction else []
+        return summary[:300], facts, True
+    except Exception as exc:  # the turn never fails because of a summary
+        log.warning("L1 summary failed (%s); using an extractive fallback", type(exc).__name__)
+        eng.metrics.inc("summary_failures")
+        return fallback_summary([u for _, u, _ in turns]), [], False
+
+
+def summarize_l2(eng: Engine, l2: dict[str, Any] | None, lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Merge L1 lines into the structured L2 JSON; ``None`` on failure."""
+    text = "\n".join(f"- turns {b['from_turn']}–{b['to_turn']}: {b['text']}" for b in lines)
+    eng.metrics.inc("llm_calls_summary")
+    try:
+        data = _call_json(eng, load_prompt("summarize_l2").format(
+            l2=json.dumps(l2 or {}, ensure_ascii=False), lines=text), "l2_summary", L2_SCHEMA, 384)
+        out = {k: [str(x) for x in (data.get(k) or []) if isinstance(x, (str, int, float))][:8] for k in L2_KEYS}
+        out["covers_turns"] = [int(lines[0]["from_turn"]) if not l2 else int((l2.get("covers_turns") or [1])[0]),
+                               int(lines[-1]["to_turn"])]
+        return out
+    except Exception as exc:
+        log.warning("L2 summary failed (%s); L1 lines kept", type(exc).__name__)
+        eng.metrics.inc("summary_failures")
+        return None
+
+
+def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+    """Fold the oldest N verbatim turns into one L1 line; fold old L1 lines into L2 when due."""
+    eng = engine or get_engine()
+    s = eng.settings
+    n = s.l0_turns
+    update: dict[str, Any] = {"l2_requested": False}
+    counters: dict[str, int] = {}
+    l1 = list(state.get("l1") or [])
+    l2 = state.get("l2")
+    turns = l0_turns(state)
+    pairs = completed_pairs(state)
+    pending = list(state.get("pending_facts") or [])
+    if len(turns) >= 2 * n:
+        fold, fold_pairs = turns[:n], pairs[:n]
+        text, facts, ok = summarize_l1(eng, [(t.turn, t.user, t.assistant) for t in fold])
+        counters["llm_calls_summary"] = 1
+        if not ok:
+            counters["summary_failures"] = 1
+        l1.append({"from_turn": fold[0].turn, "to_turn": fold[-1].turn, "text": text, "llm": ok})
+        pending += [{"text": f, "turn": fold[-1].turn} for f in facts]
+        update["messages"] = [RemoveMessage(id=str(m.id)) for pair in fold_pairs for m in pair]
+        keep = {t.turn for t in turns[n:]}
+        update["l0_meta"] = [m for m in (state.get("l0_meta") or []) if int(m.get("turn", 0)) in keep]
+    due = l1_coverage(l1) >= s.l2_threshold + n or (state.get("l2_requested") and l1)
+    if due:
+        take, covered = [], 0
+        for b in l1:
+            if covered >= s.l2_threshold and not state.get("l2_requested"):
+                break
+            take.append(b)
+            covered += int(b["to_turn"]) - int(b["from_turn"]) + 1
+        new_l2 = summarize_l2(eng, l2, take)
+        counters["llm_calls_summary"] = counters.get("llm_calls_summary", 0) + 1
+        if new_l2 is not None:
+            l2 = new_l2
+            l1 = l1[len(take):]
+            update["l2"] = l2
+        else:
+            counters["summary_failures"] = counters.get("summary_failures", 0) + 1
+    update["l1"] = l1
+    update["pending_facts"] = pending
+    # refreeze the head only at compaction, and only when what it shows changed
+    persona = (state.get("head") or {}).get("persona") or state.get("persona") or s.persona
+    snap = head_snapshot(persona, state.get("slots") or {}, l2)
+    if snap != state.get("head"):
+        update["head"] = snap
+    update["counters"] = counters
+    return update
