@@ -1,0 +1,47 @@
+"""Shared fixtures: isolated settings, a scripted LLM, a MemChat over temp storage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+from graph.engine import Engine  # noqa: E402
+from graph.settings import Settings  # noqa: E402
+from tests.fakes import ScriptedChatModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings isolated in a temp data dir, pointing at no real LLM."""
+    return Settings(data_dir=tmp_path / "data", llm_base_url="http://127.0.0.1:9/v1", llm_model="fake",
+                    _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def fake_llm() -> ScriptedChatModel:
+    """A scripted chat model."""
+    return ScriptedChatModel()
+
+
+@pytest.fixture
+def engine(settings: Settings, fake_llm: ScriptedChatModel) -> Engine:
+    """An engine with the scripted LLM and the real tokenizer, embedder and Chroma (temp dir)."""
+    return Engine(settings, llm=fake_llm)
+
+
+@pytest.fixture
+def memchat(engine: Engine) -> Iterator[object]:
+    """A MemChat (SQLite checkpoints and store) over the scripted LLM."""
+    from graph.chat import MemChat
+
+    yield MemChat(engine=engine)

@@ -1,0 +1,79 @@
+"""A scripted fake chat model for unit tests: streams, reports usage, answers JSON mode with JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import Field
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Replies from a script (or an echo of the last user line); JSON when a response_format is bound.
+
+    ``fail_kinds`` makes calls of a kind ("respond", "summary") raise, ``bad_json`` returns invalid JSON
+    for summaries. Every call is recorded in ``calls`` as (kind, messages).
+    """
+
+    replies: list[str] = Field(default_factory=list)
+    calls: list[tuple[str, list[BaseMessage]]] = Field(default_factory=list)
+    fail_kinds: set[str] = Field(default_factory=set)
+    bad_json: bool = False
+    summary_text: str = "They talked about it."
+    facts: list[str] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _kind(self, kwargs: dict[str, Any]) -> str:
+        return "summary" if kwargs.get("response_format") else "respond"
+
+    def _text(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
+        kind = self._kind(kwargs)
+        self.calls.append((kind, list(messages)))
+        if kind in self.fail_kinds:
+            raise TimeoutError(f"scripted failure of a {kind} call")
+        if kind == "summary":
+            if self.bad_json:
+                return "this is {not json"
+            props = (kwargs["response_format"].get("json_schema") or {}).get("schema", {}).get("properties", {})
+            if "summary" in props:
+                return json.dumps({"summary": self.summary_text, "facts": self.facts})
+            return json.dumps({"topics": ["t"], "decisions": [], "open_questions": [], "facts": ["f"]})
+        if self.replies:
+            return self.replies.pop(0)
+        last = str(messages[-1].content).splitlines()[-1] if messages else ""
+        return f"reply to: {last[:60]}"
+
+    def _usage(self, messages: list[BaseMessage], text: str) -> dict[str, Any]:
+        n_in = sum(len(str(m.content).split()) for m in messages)
+        n_out = len(text.split())
+        return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text = self._text(messages, kwargs)
+        msg = AIMessage(content=text, usage_metadata=self._usage(messages, text))  # type: ignore[arg-type]
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        text = self._text(messages, kwargs)
+        words = text.split(" ")
+        for i, w in enumerate(words):
+            piece = w if i == 0 else " " + w
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(messages, text)))  # type: ignore[arg-type]
+
+    def kinds(self) -> list[str]:
+        """Kinds of the calls made so far."""
+        return [k for k, _ in self.calls]
