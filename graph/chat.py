@@ -99,9 +99,9 @@ class MemChat:
                 for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values"],
                                                     durability="exit"):
                     if mode == "messages":
-                        chunk, meta = data  # type: ignore[misc]
-                        if meta.get("langgraph_node") == "respond" and "memchat:respond" in (meta.get("tags") or []):
-                            text = text_of(chunk)
+                        chunk, meta = data  # type: ignore[misc,str-unpack]
+                        if meta.get("langgraph_node") == "respond" and "memchat:respond" in (meta.get("tags") or []):  # type: ignore[union-attr]
+                            text = text_of(chunk)  # type: ignore[arg-type]
                             if text:
                                 yield text
                     elif mode == "values":

@@ -25,7 +25,7 @@ def apply_candidates(
 ) -> tuple[dict[str, Slot], list[dict[str, Any]]]:
     """Return the new slots and the changes (audit events) this turn."""
     now = time.time() if now is None else now
-    out = {k: dict(v) for k, v in slots.items()}  # type: ignore[misc]
+    out: dict[str, Any] = {k: dict(v) for k, v in slots.items()}
     events: list[dict[str, Any]] = []
     for c in candidates:
         kind = c.get("kind")
@@ -47,7 +47,7 @@ def apply_candidates(
         if old is None:
             out[key] = new
             events.append(_event("set", key, None, new["value"], thread_id, user_id, turn, now))
-        elif _norm(old.get("value", "")) == _norm(new["value"]):
+        elif _norm(str(old.get("value", ""))) == _norm(new["value"]):
             old.update(last_seen_turn=turn, expires_turn=exp_turn, expires_at=exp_at)
         else:
             out[key] = new

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from graph.prompt import Turn
-from graph.state import State
 
 
 def thread_id(config: RunnableConfig | None) -> str:
@@ -16,7 +16,7 @@ def thread_id(config: RunnableConfig | None) -> str:
     return str(((config or {}).get("configurable") or {}).get("thread_id") or "default")
 
 
-def user_id(state: State, config: RunnableConfig | None) -> str:
+def user_id(state: Mapping[str, Any], config: RunnableConfig | None) -> str:
     """The user of this run: ``configurable.user_id``, else the thread's, else ``anonymous``."""
     conf = (config or {}).get("configurable") or {}
     return str(conf.get("user_id") or state.get("user_id") or "anonymous")
@@ -30,7 +30,7 @@ def text_of(m: AnyMessage) -> str:
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in c)
 
 
-def current_message(state: State) -> HumanMessage:
+def current_message(state: Mapping[str, Any]) -> HumanMessage:
     """The user message of the turn being run."""
     for m in reversed(state.get("messages") or []):
         if isinstance(m, HumanMessage):
@@ -40,7 +40,7 @@ def current_message(state: State) -> HumanMessage:
     raise ValueError("a turn needs a new user message as the last message")
 
 
-def completed_pairs(state: State) -> list[tuple[HumanMessage, AIMessage]]:
+def completed_pairs(state: Mapping[str, Any]) -> list[tuple[HumanMessage, AIMessage]]:
     """The verbatim (L0) turns already answered, oldest first."""
     msgs = [m for m in (state.get("messages") or []) if isinstance(m, (HumanMessage, AIMessage))]
     pairs: list[tuple[HumanMessage, AIMessage]] = []
@@ -54,7 +54,7 @@ def completed_pairs(state: State) -> list[tuple[HumanMessage, AIMessage]]:
     return pairs
 
 
-def l0_turns(state: State) -> list[Turn]:
+def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
     """Completed L0 turns with the tails they were sent with."""
     pairs = completed_pairs(state)
     done = int(state.get("turn") or 0)

@@ -119,7 +119,7 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
                     store.delete(profile_namespace(uid), key)
     metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes) for t in turns]
     metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
-    prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])
+    prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
     counters = {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
                 "cached_tokens": int(cached or 0)}
     return {

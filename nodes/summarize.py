@@ -94,7 +94,7 @@ def summarize_l2(eng: Engine, l2: dict[str, Any] | None, lines: list[dict[str, A
     try:
         data = _call_json(eng, load_prompt("summarize_l2").format(
             l2=json.dumps(l2 or {}, ensure_ascii=False), lines=text), "l2_summary", L2_SCHEMA, 384)
-        out = {k: [str(x) for x in (data.get(k) or []) if isinstance(x, (str, int, float))][:8] for k in L2_KEYS}
+        out: dict[str, Any] = {k: [str(x) for x in (data.get(k) or []) if isinstance(x, (str, int, float))][:8] for k in L2_KEYS}
         out["covers_turns"] = [int(lines[0]["from_turn"]) if not l2 else int((l2.get("covers_turns") or [1])[0]),
                                int(lines[-1]["to_turn"])]
         return out
