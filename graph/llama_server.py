@@ -7,6 +7,7 @@ the system text first, a one-shot example and ``User:``/``Assistant:`` turns, wi
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -14,12 +15,24 @@ from llama_cpp import llama_chat_format as fmt
 
 ONE_SHOT = (
     "Example conversation:\n"
-    "User: Hi, my name is Ana and I like green.\n"
-    "Assistant: Nice to meet you, Ana! Green is a lovely colour.\n"
+    "User: Hi, my name is Ana.\n"
+    "Assistant: Nice to meet you, Ana. How can I help you today?\n"
     "User: What is my name?\n"
     "Assistant: Your name is Ana.\n"
 )
-STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>"]
+STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>", "\n(Memory:", "\n(Update:"]
+
+
+_BLOCK = re.compile(r"<(memory|memory-update)>\n(?:[^\n]*\n)?(.*?)\n</\1>\s*", re.S)
+
+
+def split_context(content: str) -> tuple[list[str], str]:
+    """Pull memchat's memory / slot-update blocks out of a user message: (context lines, message)."""
+    lines: list[str] = []
+    for m in _BLOCK.finditer(content):
+        label = "Memory" if m.group(1) == "memory" else "Update"
+        lines += [f"({label}: {ln.lstrip('- ').strip()})" for ln in m.group(2).splitlines() if ln.strip()]
+    return lines, _BLOCK.sub("", content).strip()
 
 
 @fmt.register_chat_format("memchat-transcript")
@@ -34,7 +47,8 @@ def format_memchat_transcript(messages: list[Any], **kwargs: Any) -> fmt.ChatFor
         if role == "system":
             parts.append(content.strip() + "\n\n" + ONE_SHOT + "\n### Conversation\n")
         elif role == "user":
-            parts.append(f"User: {content.strip()}\n")
+            context, message = split_context(content)
+            parts.append("".join(line + "\n" for line in context) + f"User: {message}\n")
         elif role == "assistant":
             parts.append(f"Assistant: {content.strip()}\n")
     if not parts or not parts[0].endswith("### Conversation\n"):
