@@ -1,0 +1,1 @@
+"""memchat's HTTP server: an OpenAI-compatible API, LangServe routes and the web chat page."""
