@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from graph.chat import MemChat
@@ -52,6 +52,24 @@ class GraphOutput(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+CONFIG_SPECS = [
+    ConfigurableFieldSpec(id="thread_id", annotation=str, name="Thread ID",
+                          description="The conversation thread (the X-Thread-ID header overrides it)"),
+    ConfigurableFieldSpec(id="user_id", annotation=str, name="User ID", default=None,
+                          description="Whose long-term memory (the X-User-ID header overrides it)"),
+    ConfigurableFieldSpec(id="llm_params", annotation=dict, name="LLM parameters", default=None,
+                          description="max_tokens, temperature, top_p, stop, seed, response_format"),
+]
+
+
+class _TurnLambda(RunnableLambda):  # type: ignore[type-arg]
+    """A RunnableLambda that declares the configurable fields LangServe must let through."""
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return list(CONFIG_SPECS)
+
+
 def _field(inp: Any, name: str) -> Any:
     return inp.get(name) if isinstance(inp, dict) else getattr(inp, name, None)
 
@@ -77,7 +95,7 @@ def graph_runnable(memchat: MemChat) -> Runnable[Any, Any]:
                      llm_params=conf.get("llm_params"))
         return memchat.state(str(tid))
 
-    runnable: Runnable[Any, Any] = RunnableLambda(run_turn, name="memchat")
+    runnable: Runnable[Any, Any] = _TurnLambda(run_turn, name="memchat")
     return runnable.with_types(input_type=GraphInput, output_type=GraphOutput)
 
 
