@@ -1,8 +1,18 @@
-"""Checkpointer and store by URL: SQLite (default) or PostgreSQL."""
+"""Checkpointer and store by URL: SQLite (default) or PostgreSQL.
+
+``MEMCHAT_CHECKPOINT_URL`` empty = ``<data_dir>/checkpoints.sqlite`` (+ ``store.sqlite``); a path
+(or ``sqlite:///path``) = SQLite there; ``postgresql://user:pass@host:5432/db`` = PostgreSQL, shared
+by any number of memchat replicas. Schema setup on PostgreSQL is serialized with an advisory lock,
+so replicas starting at the same moment do not race on migrations.
+"""
 
 from __future__ import annotations
 
+import random
+import re
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +21,41 @@ from langgraph.store.base import BaseStore
 
 from graph.settings import Settings
 
+PG_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://")
+PG_CONNECT_TIMEOUT = 10
+PG_POOL_MAX = 8
+# Key of the advisory lock that serializes schema setup across replicas ("memchat" in ASCII).
+SETUP_LOCK_KEY = 0x6D656D63686174
+SETUP_LOCK_TIMEOUT = 300.0
 
-def _sqlite_path(settings: Settings, name: str) -> Path:
-    url = settings.checkpoint_url
-    if url and not url.startswith(("postgres://", "postgresql://")):
-        p = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
-        return p if name == "checkpoints" else p.with_name(p.stem + f".{name}.sqlite")
-    d = Path(settings.data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{name}.sqlite"
+
+class PersistenceError(RuntimeError):
+    """The checkpoint database cannot be reached or set up."""
 
 
 def is_postgres(settings: Settings) -> bool:
     """Whether checkpoints live in PostgreSQL."""
-    return settings.checkpoint_url.startswith(("postgres://", "postgresql://"))
+    return settings.checkpoint_url.strip().startswith(PG_SCHEMES)
+
+
+def postgres_dsn(url: str) -> str:
+    """A libpq URL (SQLAlchemy-style ``postgresql+psycopg://`` accepted)."""
+    return re.sub(r"^postgresql\+psycopg2?://", "postgresql://", url.strip())
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden (for messages and logs)."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def _sqlite_path(settings: Settings, name: str) -> Path:
+    url = settings.checkpoint_url.strip()
+    if url and not is_postgres(settings):
+        p = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://")).expanduser()
+        return p if name == "checkpoints" else p.with_name(p.stem + f".{name}.sqlite")
+    d = Path(settings.data_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{name}.sqlite"
 
 
 def _sqlite_conn(path: Path, autocommit: bool = False) -> sqlite3.Connection:
@@ -36,17 +67,69 @@ def _sqlite_conn(path: Path, autocommit: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _pg_check(dsn: str) -> None:
+    """Connect once so that a wrong host, database or password gives libpq's own message."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=PG_CONNECT_TIMEOUT, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        msg = str(exc).strip().replace(dsn, redact(dsn))
+        raise PersistenceError(f"cannot connect to PostgreSQL at {redact(dsn)} (MEMCHAT_CHECKPOINT_URL): {msg}") from exc
+
+
+def _pg_pool(settings: Settings, name: str) -> Any:
+    """An open connection pool (autocommit, dict rows, checked on checkout)."""
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    dsn = postgres_dsn(settings.checkpoint_url)
+    _pg_check(dsn)
+    pool = ConnectionPool(
+        dsn, min_size=1, max_size=PG_POOL_MAX, open=False, name=f"memchat-{name}",
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
+                "connect_timeout": PG_CONNECT_TIMEOUT},
+        check=ConnectionPool.check_connection,
+    )
+    try:
+        pool.open(wait=True, timeout=PG_CONNECT_TIMEOUT * 2)
+    except PoolTimeout as exc:
+        pool.close()
+        raise PersistenceError(f"cannot open a connection pool to PostgreSQL at {redact(dsn)}: {exc}") from exc
+    return pool
+
+
+def _locked_setup(pool: Any, setup: Callable[[], None], timeout: float = SETUP_LOCK_TIMEOUT) -> None:
+    """Run a schema setup under a session advisory lock (one replica migrates at a time).
+
+    The lock is polled with ``pg_try_advisory_lock``: a session blocked inside ``pg_advisory_lock``
+    holds a snapshot, which the ``CREATE INDEX CONCURRENTLY`` of a migration would wait for forever.
+    """
+    with pool.connection() as conn:
+        deadline = time.monotonic() + timeout
+        while not conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SETUP_LOCK_KEY,)).fetchone()["ok"]:
+            if time.monotonic() > deadline:
+                raise PersistenceError(f"another memchat has held the schema-setup lock for over {timeout:.0f}s")
+            time.sleep(0.05 + random.random() * 0.1)
+        try:
+            setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
+
+
 def make_checkpointer(settings: Settings) -> BaseCheckpointSaver[Any]:
     """``SqliteSaver`` at ``<data dir>/checkpoints.sqlite`` or ``PostgresSaver`` for a postgres URL."""
     if is_postgres(settings):
         from langgraph.checkpoint.postgres import PostgresSaver
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
 
-        pool = ConnectionPool(settings.checkpoint_url, max_size=8,
-                              kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
-        saver = PostgresSaver(pool)  # type: ignore[arg-type]
-        saver.setup()
+        pool = _pg_pool(settings, "checkpoints")
+        saver = PostgresSaver(pool)
+        try:
+            _locked_setup(pool, saver.setup)
+        except Exception:
+            pool.close()
+            raise
         return saver
     from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -59,16 +142,30 @@ def make_store(settings: Settings) -> BaseStore:
     """Key-value store for user profiles and the slot audit log (SQLite or PostgreSQL)."""
     if is_postgres(settings):
         from langgraph.store.postgres import PostgresStore
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
 
-        pool = ConnectionPool(settings.checkpoint_url, max_size=8,
-                              kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
-        store = PostgresStore(pool)  # type: ignore[arg-type]
-        store.setup()
+        pool = _pg_pool(settings, "store")
+        store = PostgresStore(pool)
+        try:
+            _locked_setup(pool, store.setup)
+        except Exception:
+            pool.close()
+            raise
         return store
     from langgraph.store.sqlite import SqliteStore
 
     store_s = SqliteStore(_sqlite_conn(_sqlite_path(settings, "store"), autocommit=True))
     store_s.setup()
     return store_s
+
+
+def close(obj: Any) -> None:
+    """Close the connection pool or SQLite connection behind a checkpointer or store (idempotent)."""
+    conn = getattr(obj, "conn", None)
+    if conn is None:
+        return
+    if isinstance(conn, sqlite3.Connection):
+        conn.close()
+        return
+    closer = getattr(conn, "close", None)
+    if callable(closer):
+        closer()
