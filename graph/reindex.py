@@ -1,0 +1,102 @@
+"""``memchat reindex``: re-embed the vector store with the configured ``MEMCHAT_EMBEDDING_MODEL``.
+
+The documents and their metadata are read from the current collection and written, with vectors
+from the new embedder, into a new collection whose metadata names that embedder. Only when all of
+them are in is the new collection swapped in (old renamed aside, new renamed to the configured
+name, old dropped); if anything fails before, the old collection is left as it was. Stop the
+memchat servers that use the store first and start them again afterwards: a running process keeps
+a handle on the old collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from tqdm import tqdm
+
+from graph.embeddings import STEmbeddings, load_embeddings
+from graph.settings import Settings
+from graph.vectorstore import ChromaMemory, make_chroma_client
+
+log = logging.getLogger(__name__)
+
+TMP_SUFFIX = "__reindex"
+OLD_SUFFIX = "__pre_reindex"
+
+
+def _get(client: Any, name: str) -> Any | None:
+    """The collection, or None when it does not exist (the exception type differs by Chroma version)."""
+    try:
+        return client.get_collection(name)
+    except Exception as exc:  # noqa: BLE001 - chromadb.errors.NotFoundError / ValueError
+        if "does not exist" in str(exc).lower() or "not found" in str(exc).lower() or type(exc).__name__ in (
+                "NotFoundError", "InvalidCollectionException"):
+            return None
+        raise
+
+
+def _drop(client: Any, name: str) -> None:
+    if _get(client, name) is not None:
+        client.delete_collection(name)
+
+
+def reindex(settings: Settings, batch: int = 256, *, progress: bool = True,
+            embeddings: STEmbeddings | None = None, client: Any | None = None) -> int:
+    """Re-embed every memory of ``settings.chroma_collection``; return how many were re-embedded.
+
+    Works on the embedded store and on a Chroma server alike. Afterwards the store opens with the
+    configured embedder (no :class:`~graph.vectorstore.EmbedderMismatch`).
+    """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    emb = embeddings or load_embeddings(settings.embedding_model, settings.embedding_query_prefix,
+                                        settings.embedding_device)
+    client = client or make_chroma_client(settings.chroma_url, settings.data_dir)
+    name = settings.chroma_collection
+    tmp_name, old_name = name + TMP_SUFFIX, name + OLD_SUFFIX
+
+    old = _get(client, name)
+    if old is None:
+        leftover = _get(client, old_name)
+        if leftover is None:
+            # Nothing stored yet: just create the collection with the new embedder's identity.
+            ChromaMemory(client, emb, collection=name, check_embedder=False)
+            return 0
+        old = leftover  # a previous run stopped between the two renames
+        old.modify(name=name)
+    _drop(client, tmp_name)  # leftovers of an interrupted run
+
+    ids: list[str] = list(old.get(include=[])["ids"])
+    before = (old.metadata or {}).get("embedder")
+    log.info("re-embedding %d memories of %r from %r to %r", len(ids), name, before, emb.identity)
+    new = ChromaMemory(client, emb, collection=tmp_name, check_embedder=False).col
+    try:
+        with tqdm(total=len(ids), desc=f"re-embedding with {emb.identity}", unit="doc", disable=not progress) as bar:
+            for start in range(0, len(ids), batch):
+                res = old.get(ids=ids[start:start + batch], include=["documents", "metadatas"])
+                got_ids = list(res["ids"])
+                texts = [t or "" for t in (res["documents"] or [])]
+                metas: list[Any] = [dict(m) if m else {"kind": "turn"} for m in (res["metadatas"] or [])]
+                if got_ids:
+                    new.upsert(ids=got_ids, documents=texts, metadatas=metas,
+                               embeddings=emb.embed_documents(texts))  # type: ignore[arg-type]
+                bar.update(len(got_ids))
+        if new.count() != len(ids):
+            raise RuntimeError(f"re-embedded {new.count()} of {len(ids)} memories; the store was left unchanged")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.delete_collection(tmp_name)
+        raise
+
+    # swap: old aside, new in, old dropped
+    _drop(client, old_name)
+    old.modify(name=old_name)
+    try:
+        new.modify(name=name)
+    except BaseException:
+        old.modify(name=name)
+        raise
+    client.delete_collection(old_name)
+    return len(ids)
