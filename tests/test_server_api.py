@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +25,7 @@ from server.stateless import bm25_recall, build_prompt, pair_turns
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, StubURL, free_port, run_stub, serve_app
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-memchat-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_CHARS = 20_000
@@ -203,6 +208,20 @@ def test_streaming_raw_sse_ends_with_done(base: str) -> None:
     assert lines[-1] == "data: [DONE]"
     payloads = [json.loads(ln[len("data: "):]) for ln in lines[:-1]]
     assert all(p["choices"] and "usage" not in p for p in payloads)  # no usage unless asked
+
+
+def test_client_hanging_up_mid_stream_leaves_the_whole_turn_saved(base: str) -> None:
+    body = {"model": "memchat", "messages": [{"role": "user", "content": "one two three four five six"}],
+            "stream": True}
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body,
+                      headers={**AUTH, **thread("gone")}, timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # read the first event, then hang up
+    deadline = time.monotonic() + 15
+    while memory(base, "gone").status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    mem = memory(base, "gone").json()
+    assert mem["turns"] == 1 and mem["recent_turns"][0]["assistant"].startswith("Stub reply")
 
 
 def test_json_modes_reach_the_backend(client: openai.OpenAI, stub: StubURL) -> None:
@@ -495,3 +514,33 @@ def test_injected_fake_llm_without_probe(tmp_path: Path) -> None:
         r = say(c, "fake", "hi")
         assert r.choices[0].message.content == "Hello from the fake."
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+# ---- memchat serve ----------------------------------------------------------------------------------
+
+
+def test_memchat_serve_command_logs_the_backend(stub: StubURL, tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ, MEMCHAT_LLM_BASE_URL=str(stub), MEMCHAT_LLM_MODEL=STUB_MODEL,
+               MEMCHAT_DATA_DIR=str(tmp_path), HF_HUB_OFFLINE="1")
+    env.pop("MEMCHAT_API_KEY", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    text = log.read_text()
+    assert f"LLM backend: model={STUB_MODEL} context_length=32768 kind=sglang" in text
