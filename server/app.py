@@ -181,15 +181,14 @@ class Server:
                            code="backend_unavailable")
 
 
-def _api_error(exc: BaseException) -> APIError:
-    """Map an exception from a turn to an OpenAI-shaped API error."""
+def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
+    """Map an exception from a turn (or a stateless call) to an OpenAI-shaped API error."""
     if isinstance(exc, APIError):
         return exc
+    note = " (nothing was saved; the thread is unchanged)" if thread_id else ""
     if isinstance(exc, LLMStartupError):
-        return APIError(503, f"embedded LLM could not start: {exc}", type="server_error",
+        return APIError(503, f"embedded LLM could not start: {exc}{note}", type="server_error",
                         code="backend_unavailable")
-    if isinstance(exc, ValueError) and "message must be" in str(exc):
-        return APIError(400, str(exc))
     if not isinstance(exc, BackendError):
         try:
             import openai
@@ -198,11 +197,9 @@ def _api_error(exc: BaseException) -> APIError:
         if openai is not None and isinstance(exc, openai.APIError):
             exc = classify_error(exc)
     if isinstance(exc, BackendTimeout):
-        return APIError(504, f"{exc} (nothing was saved; the thread is unchanged)", type="server_error",
-                        code="backend_timeout")
+        return APIError(504, f"{exc}{note}", type="server_error", code="backend_timeout")
     if isinstance(exc, BackendError):
-        return APIError(503, f"{exc} (nothing was saved; the thread is unchanged)", type="server_error",
-                        code="backend_unavailable")
+        return APIError(503, f"{exc}{note}", type="server_error", code="backend_unavailable")
     log.exception("request failed", exc_info=exc)
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
 
@@ -230,8 +227,9 @@ async def iterate_in_thread(server: Server, make: Callable[[], Iterator[T]], *,
             pass
 
     def work() -> None:
-        it = make()
+        it: Iterator[T] | None = None
         try:
+            it = make()
             for item in it:
                 put("item", item)
                 if stop.is_set() and cancel_on_close:
@@ -382,14 +380,14 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
                                                                          out.usage, out.extra)), headers=headers)
             raise RuntimeError("the turn ended without a result")
         except Exception as exc:
-            raise _api_error(exc) from exc
+            raise _api_error(exc, plan.thread_id) from exc
         finally:
             await items.aclose()
     try:  # peek at the first item so that errors before any output keep their HTTP status
         first = await anext(items)
     except Exception as exc:
         await items.aclose()
-        raise _api_error(exc) from exc
+        raise _api_error(exc, plan.thread_id) from exc
     return StreamingResponse(_stream(first, items, plan, cid, model, extra, mc), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -414,7 +412,7 @@ async def _stream(first: Any, items: AsyncGenerator[Any, None], plan: ChatPlan, 
     except StopAsyncIteration:
         pass
     except Exception as exc:  # headers are gone: report the error in the stream
-        err = _api_error(exc)
+        err = _api_error(exc, plan.thread_id)
         yield _sse(err.body())
     finally:
         await items.aclose()
@@ -535,7 +533,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
             raise APIError(404, f"thread {thread_id!r} not found", code="thread_not_found") from exc
         except RuntimeError as exc:
             if isinstance(exc, BackendError):
-                raise _api_error(exc) from exc
+                raise _api_error(exc, thread_id) from exc
             raise APIError(503, str(exc), type="server_error", code="summary_failed") from exc
 
     @app.delete("/v1/threads/{thread_id}", tags=["threads"])

@@ -326,6 +326,9 @@ def test_backend_error_is_503_and_the_thread_is_unchanged(client: openai.OpenAI,
     with pytest.raises(openai.InternalServerError) as exc:  # streamed: the status comes before any output
         list(say(client, "fault", "this one fails too", stream=True))
     assert exc.value.status_code == 503
+    with pytest.raises(openai.InternalServerError) as exc:  # stateless
+        client.chat.completions.create(model="memchat", messages=[{"role": "user", "content": "no thread"}])
+    assert exc.value.status_code == 503 and "thread" not in exc.value.message
     after = memory(base, "fault").json()
     assert after["turns"] == 1 and after["recent_turns"] == before["recent_turns"]
     assert httpx.get(f"{base}/health").json()["status"] == "ok"  # the probe (/v1/models) still answers
