@@ -65,7 +65,7 @@ def _is_public(method: str, path: str) -> bool:
     the page asks for the key and sends it with every API call)."""
     if method not in ("GET", "HEAD"):
         return False
-    return path in ("/health", "/", "/index.html", "/favicon.ico") or path.startswith("/static/")
+    return path in ("/health", "/") or path.startswith("/static/")
 
 
 class BearerAuthMiddleware:
