@@ -8,11 +8,13 @@ so replicas starting at the same moment do not race on migrations.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,135 @@ def close(obj: Any) -> None:
     closer = getattr(conn, "close", None)
     if callable(closer):
         closer()
+
+
+# ---------------------------------------------------------------------------------------------
+# one turn at a time per thread, across processes
+
+
+class ThreadBusy(PersistenceError):
+    """Another process (replica) kept the thread busy for longer than the wait allowed."""
+
+
+class ThreadLeases:
+    """Cross-process mutual exclusion per thread, so that replicas never run two turns of one thread at once.
+
+    PostgreSQL: a lease row per busy thread (``memchat_thread_leases``), taken with one short statement,
+    renewed in the background while held, released at the end; a replica that dies leaves a lease that
+    expires after ``ttl`` seconds. No connection is held during the turn. SQLite: ``flock`` on a lock
+    file (4096 stripes) next to the database, for processes on one host.
+
+    Use ``with leases.hold(thread_id): ...`` around a turn (inside the in-process per-thread lock).
+    """
+
+    TABLE = "memchat_thread_leases"
+    STRIPES = 4096
+
+    def __init__(self, settings: Settings, ttl: float = 30.0, wait: float | None = None) -> None:
+        import uuid
+
+        self.ttl = float(ttl)
+        self.wait = float(wait if wait is not None else max(120.0, 3 * settings.llm_timeout *
+                                                           (settings.llm_max_retries + 1)))
+        self.owner = uuid.uuid4().hex
+        self._pool: Any = None
+        self._dir: Path | None = None
+        self._held: dict[str, str] = {}
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        if is_postgres(settings):
+            self._pool = _pg_pool(settings, "leases")
+            _locked_setup(self._pool, self._setup)
+        else:
+            self._dir = _sqlite_path(settings, "checkpoints").parent / "locks"
+            self._dir.mkdir(parents=True, exist_ok=True)
+
+    def _setup(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (thread_id TEXT PRIMARY KEY, "
+                         "owner TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)")
+
+    @contextlib.contextmanager
+    def hold(self, thread_id: str) -> Iterator[None]:
+        """Hold the thread for the block; raises :class:`ThreadBusy` after ``wait`` seconds."""
+        if self._pool is None:
+            with self._flock(thread_id):
+                yield
+            return
+        token = f"{self.owner}:{threading.get_ident()}:{time.monotonic_ns()}"
+        self._acquire(thread_id, token)
+        try:
+            yield
+        finally:
+            self._release(thread_id, token)
+
+    # ---- PostgreSQL ---------------------------------------------------------------------------
+    def _try(self, thread_id: str, token: str) -> bool:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                f"INSERT INTO {self.TABLE} AS l (thread_id, owner, expires_at) "
+                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "ON CONFLICT (thread_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
+                "WHERE l.expires_at < now() RETURNING owner", (thread_id, token, self.ttl)).fetchone()
+        return row is not None
+
+    def _acquire(self, thread_id: str, token: str) -> None:
+        deadline = time.monotonic() + self.wait
+        delay = 0.02
+        while not self._try(thread_id, token):
+            if time.monotonic() > deadline:
+                raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (another replica held it for "
+                                 f"over {self.wait:.0f}s)")
+            time.sleep(delay + random.random() * delay)
+            delay = min(delay * 1.5, 0.5)
+        with self._guard:
+            self._held[token] = thread_id
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew_loop, name="memchat-lease-renewer",
+                                                 daemon=True)
+                self._renewer.start()
+
+    def _release(self, thread_id: str, token: str) -> None:
+        with self._guard:
+            self._held.pop(token, None)
+        with contextlib.suppress(Exception), self._pool.connection() as conn:
+            conn.execute(f"DELETE FROM {self.TABLE} WHERE thread_id = %s AND owner = %s", (thread_id, token))
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._guard:
+                held = list(self._held.items())
+            for token, thread_id in held:
+                with contextlib.suppress(Exception), self._pool.connection() as conn:
+                    conn.execute(f"UPDATE {self.TABLE} SET expires_at = now() + make_interval(secs => %s) "
+                                 "WHERE thread_id = %s AND owner = %s", (self.ttl, thread_id, token))
+
+    # ---- SQLite (one host) ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _flock(self, thread_id: str) -> Iterator[None]:
+        import fcntl
+        import hashlib
+
+        assert self._dir is not None
+        stripe = int.from_bytes(hashlib.blake2b(thread_id.encode(), digest_size=4).digest(), "big") % self.STRIPES
+        with open(self._dir / f"{stripe:04d}.lock", "a+b") as f:
+            deadline = time.monotonic() + self.wait
+            while True:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ThreadBusy(f"thread {thread_id!r} is busy with another turn in another process") from None
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Stop renewing and close the pool."""
+        self._stop.set()
+        if self._pool is not None:
+            self._pool.close()

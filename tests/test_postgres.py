@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ import pytest
 from graph import persistence
 from graph.chat import MemChat
 from graph.engine import Engine
-from graph.persistence import PersistenceError, is_postgres, make_checkpointer, make_store, redact
+from graph.persistence import (
+    PersistenceError,
+    ThreadBusy,
+    ThreadLeases,
+    is_postgres,
+    make_checkpointer,
+    make_store,
+    redact,
+)
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.services import PostgresServer, free_port
@@ -218,3 +227,73 @@ def test_concurrent_setup_on_a_fresh_database(tmp_path: Path, pg_url: str) -> No
         persistence.close(obj)
     assert errors == []
     assert len(made) == 6
+
+
+# --------------------------------------------------------------------------- one turn at a time per thread
+
+
+def _overlaps(spans: list[tuple[float, float]]) -> bool:
+    spans = sorted(spans)
+    return any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_thread_leases_exclude_across_processes(backend: Settings) -> None:
+    """Two lease holders (as two replicas would have) never hold one thread at once."""
+    a, b = ThreadLeases(backend), ThreadLeases(backend)
+    spans: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+
+    def turn(leases: ThreadLeases) -> None:
+        try:
+            for _ in range(3):
+                with leases.hold("shared"):
+                    t0 = time.monotonic()
+                    time.sleep(0.05)
+                    spans.append((t0, time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    try:
+        workers = [threading.Thread(target=turn, args=(x,)) for x in (a, b, a, b)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert errors == [] and len(spans) == 12
+        assert not _overlaps(spans)
+        with a.hold("one"):  # another thread is not blocked
+            t0 = time.monotonic()
+            with b.hold("two"):
+                assert time.monotonic() - t0 < 1.0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_thread_busy_after_the_wait(backend: Settings) -> None:
+    a, b = ThreadLeases(backend, ttl=1.0), ThreadLeases(backend, ttl=1.0, wait=0.5)
+    try:
+        with a.hold("busy"):
+            time.sleep(1.5)  # longer than the ttl: the holder renews its lease
+            with pytest.raises(ThreadBusy, match="busy"):
+                with b.hold("busy"):
+                    pass
+        with b.hold("busy"):
+            pass
+    finally:
+        a.close()
+        b.close()
+
+
+def test_lease_of_a_dead_replica_expires(pg_url: str, tmp_path: Path) -> None:
+    s = _settings(tmp_path, pg_url)
+    dead, alive = ThreadLeases(s, ttl=1.0), ThreadLeases(s, ttl=1.0, wait=10)
+    try:
+        assert dead._try("orphan", "crashed-holder")  # taken, never released nor renewed
+        t0 = time.monotonic()
+        with alive.hold("orphan"):
+            waited = time.monotonic() - t0
+        assert 0.5 < waited < 5
+    finally:
+        dead.close()
+        alive.close()
