@@ -10,12 +10,15 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from graph import backend_check
+from graph.backend_check import check_all, report
 from graph.chat import MemChat
 from graph.llm import BackendError, make_chat_model, probe_backend
 from graph.settings import Settings
-from tests.services import free_port
+from tests.services import ChromaServer, free_port, unique_name
 from tests.sglang_stub import DEFAULT_MODEL, ServerThread, StubURL, run_stub
 
+pytest_plugins = ["tests.services"]  # pg_url, chroma_server
 pytestmark = pytest.mark.timeout(120)
 KEY = "sk-memchat-test"
 
@@ -112,3 +115,32 @@ def test_two_turns_report_cached_tokens(tmp_path: Path) -> None:
         assert url.state.last_usage is not None
         assert url.state.last_usage["prompt_tokens_details"]["cached_tokens"] == second.cached_tokens
         assert "Oslo" in (url.state.last_prompt or "")
+
+
+# --------------------------------------------------------------------------- memchat check
+
+
+def test_check_all_on_production_backends(tmp_path: Path, stub: StubURL, pg_url: str,
+                                          chroma_server: ChromaServer) -> None:
+    s = _settings(tmp_path, stub, checkpoint_url=pg_url, chroma_url=chroma_server.url,
+                  chroma_collection=unique_name("check"))
+    checks = check_all(s)
+    assert [c.name for c in checks] == ["llm", "checkpoints", "vectors"]
+    assert all(c.ok for c in checks), report(checks)
+    text = report(checks)
+    assert DEFAULT_MODEL in text and "sglang" in text and "32768" in text
+    assert "PostgreSQL" in text and chroma_server.url in text and "all-MiniLM-L6-v2" in text
+    assert not (tmp_path / "data" / "checkpoints.sqlite").exists()
+
+
+def test_check_all_reports_each_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = free_port()
+    s = _settings(tmp_path, f"http://127.0.0.1:{dead}/v1", checkpoint_url=f"postgresql://u:pw@127.0.0.1:{dead}/db",
+                  chroma_url=f"http://127.0.0.1:{dead}")
+    assert backend_check.main(s) == 1
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("FAIL") for line in lines), out
+    assert "unreachable" in lines[0]
+    assert "cannot connect to PostgreSQL" in lines[1] and ":pw@" not in out
+    assert "MEMCHAT_CHROMA_URL" in lines[2]
