@@ -59,15 +59,14 @@ def _looks_like_path(model_name: str) -> bool:
     return not _HUB_ID.match(model_name)
 
 
-def _hub_cached(repo_id: str) -> bool:
-    """Whether a hub model is in the local Hugging Face cache."""
+def _hub_cached(repo_id: str) -> str | None:
+    """The local snapshot directory of a hub model in the Hugging Face cache, or None."""
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(repo_id, local_files_only=True)
-        return True
+        return str(snapshot_download(repo_id, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
     except Exception:  # noqa: BLE001 - not cached, invalid id, ...
-        return False
+        return None
 
 
 def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
@@ -102,10 +101,13 @@ def resolve_model(model_name: str) -> str:
         raise EmbedderLoadError(f"embedding model directory {model_name!r} does not exist "
                                 "(check MEMCHAT_EMBEDDING_MODEL)")
     candidates = [model_name] + ([f"sentence-transformers/{model_name}"] if "/" not in model_name else [])
+    online = _hub_reachable()
     for repo_id in candidates:
-        if _hub_cached(repo_id):
-            return repo_id
-    if _hub_reachable():
+        snapshot = _hub_cached(repo_id)
+        if snapshot is not None:
+            # offline, load the cached snapshot by path (no minute of hub retries before the cache)
+            return repo_id if online else snapshot
+    if online:
         return model_name  # sentence-transformers downloads it
     raise EmbedderLoadError(
         f"embedding model {model_name!r} is not a local directory, is not in the Hugging Face cache, and the "

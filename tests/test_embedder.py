@@ -243,3 +243,22 @@ def test_memchat_reindex_command(small_model: Path, tmp_path: Path) -> None:
     assert "re-embedding with minilm-l2-d128" in out.stderr
     mem = Engine(_settings(tmp_path, embedding_model=str(small_model)), llm=ScriptedChatModel()).memory
     assert mem.count() == len(DOCS)
+
+
+def test_cached_hub_id_loads_without_network(small_model: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id already in the Hugging Face cache loads with no network, quickly, under its hub name."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--memchat-test--tiny-embedder"
+    shutil.copytree(small_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    emb = STEmbeddings("memchat-test/tiny-embedder")
+    assert time.monotonic() - t0 < 15
+    assert emb.identity == "memchat-test/tiny-embedder" and emb.dim == 128
