@@ -7,6 +7,7 @@ behind, so a thread holds a whole turn or none of it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from langchain_core.runnables import RunnableConfig
 
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
+from graph.persistence import ThreadLeases
 from graph.settings import Settings
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import summarize_l2
@@ -48,6 +50,7 @@ class MemChat:
         self.graph = build_graph(checkpointer=checkpointer, store=store, engine=self.engine)
         self.checkpointer = self.graph.checkpointer
         self.store = self.graph.store
+        self.leases = ThreadLeases(self.settings)  # one turn per thread across processes / replicas
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -62,8 +65,15 @@ class MemChat:
         return {"configurable": conf, "recursion_limit": 25}
 
     def lock(self, thread_id: str) -> threading.Lock:
+        """The in-process lock of a thread."""
         with self._locks_guard:
             return self._locks.setdefault(thread_id, threading.Lock())
+
+    @contextlib.contextmanager
+    def exclusive(self, thread_id: str) -> Iterator[None]:
+        """Hold a thread: the in-process lock, then the cross-process lease (raises ``ThreadBusy``)."""
+        with self.lock(thread_id), self.leases.hold(thread_id):
+            yield
 
     # ---- turns ------------------------------------------------------------------------------
     def recover(self, thread_id: str) -> bool:
@@ -84,7 +94,7 @@ class MemChat:
         """Yield reply tokens as they stream, then the :class:`TurnResult`."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
-        with self.lock(thread_id):
+        with self.exclusive(thread_id):
             self.recover(thread_id)
             cfg = self.config(thread_id, user_id, llm_params)
             pre = self.graph.get_state(cfg)
@@ -192,7 +202,7 @@ class MemChat:
     # ---- on-demand L2, forgetting -------------------------------------------------------
     def summarize_now(self, thread_id: str) -> dict[str, Any]:
         """Fold all L1 lines (and verbatim turns beyond the newest N) into L2 now."""
-        with self.lock(thread_id):
+        with self.exclusive(thread_id):
             self.recover(thread_id)
             cfg = self.config(thread_id)
             st = self.state(thread_id)
@@ -228,7 +238,7 @@ class MemChat:
 
     def delete_thread(self, thread_id: str) -> dict[str, Any]:
         """Forget a thread: its checkpoints and thread-scoped memories."""
-        with self.lock(thread_id):
+        with self.exclusive(thread_id):
             st = self.state(thread_id)
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
             removed = self.engine.memory.delete_thread(thread_id)

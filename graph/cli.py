@@ -124,7 +124,11 @@ def memory(thread: Annotated[str, typer.Option("--thread", "-t")] = "default",
     from graph.chat import MemChat
     from graph.settings import get_settings
 
-    mem = MemChat(get_settings()).memory(thread)
+    try:
+        mem = MemChat(get_settings()).memory(thread)
+    except RuntimeError as exc:
+        _fail(str(exc))
+        return
     if as_json:
         print(json.dumps(mem, ensure_ascii=False, default=str))
     else:
@@ -140,7 +144,19 @@ def serve(host: Annotated[str, typer.Option()] = "127.0.0.1", port: Annotated[in
     except ImportError as exc:
         _fail(f"the server is not available: {exc}")
         return
-    run(host=host, port=port)
+    try:
+        run(host=host, port=port)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def check() -> None:
+    """Check every configured backend (LLM, checkpoints, store, vector memory) and exit non-zero on failure."""
+    _quiet()
+    from graph import backend_check
+
+    raise typer.Exit(backend_check.main())
 
 
 @app.command()
@@ -150,7 +166,11 @@ def reindex(batch: Annotated[int, typer.Option(help="Documents per batch")] = 25
     from graph.reindex import reindex as do_reindex
     from graph.settings import get_settings
 
-    n = do_reindex(get_settings(), batch=batch)
+    try:
+        n = do_reindex(get_settings(), batch=batch)
+    except RuntimeError as exc:
+        _fail(str(exc))
+        return
     console.print(f"re-embedded {n} memories")
 
 

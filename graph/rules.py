@@ -42,7 +42,7 @@ FACT_RULES: list[tuple[str, str, re.Pattern[str]]] = [
     ("fact", "order_number", re.compile(r"订单(?:号|编号)(?:码)?(?:其实|应该)?(?:是|为|:|：)?\s*(?P<v>#?[A-Za-z0-9…\.][\w\-…\.]*\w)")),
     ("fact", "allergy", re.compile(r"\bi(?:'m| am) allergic to\s+(?P<v>[^.!?\n,;]+?)(?=\s+and\s|[.!?\n,;]|$)", _I)),
     ("fact", "allergy", re.compile(r"我对(?P<v>[^，。,.!！]{1,20})过敏")),
-    ("fact", "location", re.compile(r"\b(?i:i (?:live|reside) in)\s+(?P<v>[A-Z][\w\- ]{1,40}?)" + _END)),
+    ("fact", "location", re.compile(r"\b(?i:i (?:live|reside) in)\s+(?P<v>[A-Z][\w\- ]{1,40}?)(?=\s+and\s|\s+but\s|[。．.!！?？;；,，\n]|$)")),
     ("fact", "location", re.compile(r"我住在(?P<v>[^，。,.!！]{1,20})")),
     ("fact", "email", re.compile(r"\bmy e-?mail(?: address)? is\s+(?P<v>[\w.+-]+@[\w-]+\.[\w.-]+)", _I)),
     ("fact", "phone", re.compile(r"(?:\bmy phone(?: number)? is|我的(?:电话|手机)(?:号码)?是)\s*(?P<v>\+?[\d][\d\- ]{5,}\d)", _I)),
@@ -107,7 +107,7 @@ def _pref_key(value: str) -> str:
 
 def sentences(text: str) -> list[str]:
     """Split into sentences (English and Chinese punctuation)."""
-    parts = re.split(r"(?<=[.!?。！？；;])\s*|\n+", text)
+    parts = re.split(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*|\n+", text)
     return [p.strip() for p in parts if p and p.strip()]
 
 

@@ -159,8 +159,6 @@ def test_one_thread_across_two_replicas(replicas: list[Replica], stub: StubURL) 
         assert not (r.data_dir / "chroma").exists()
 
 
-@pytest.mark.xfail(strict=False, reason="needs graph/chat.py to hold persistence.ThreadLeases around a turn; "
-                                        "until then concurrent turns of one thread on two replicas lose turns")
 def test_concurrent_turns_of_one_thread_on_two_replicas(replicas: list[Replica]) -> None:
     """A client that does not wait for its previous answer (or a retry on another replica) loses no turn."""
     import concurrent.futures
