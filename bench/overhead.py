@@ -124,7 +124,7 @@ def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False,
     for n in sizes:
         with temp_data_dir("overhead") as tmp:
             eng = Engine(bench_settings(tmp), llm=StubChatModel())
-            eng.memory.embed_query("warm up")  # model load is not per-turn work
+            eng.recall("warm up", user_id=USER, thread_id=None, budget_tokens=10)  # model load is not per-turn work
             eng.tokenizer.count("warm up")
             fill_s = prefill(eng, n, quiet=quiet)
             r = measure(eng, turns, warmup, quiet=quiet)
