@@ -88,6 +88,20 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
 
 
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set memory_top_k=30`` style Settings overrides (values parsed as JSON when they can be)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, _, raw = pair.partition("=")
+        if not key or not _:
+            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0..100) by linear interpolation; 0 for no values."""
     if not values:

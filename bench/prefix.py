@@ -18,7 +18,18 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import StubChatModel, bench_settings, emit, mean, out_dir, pct, plt, progress, temp_data_dir
+from bench.common import (
+    StubChatModel,
+    bench_settings,
+    emit,
+    mean,
+    out_dir,
+    parse_overrides,
+    pct,
+    plt,
+    progress,
+    temp_data_dir,
+)
 from bench.synth import conversation
 from graph.engine import Engine
 from graph.prompt import Budget, Message, memory_line, prefix_reuse
@@ -209,9 +220,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--per-turn", action="store_true", help="keep the per-turn series in the JSON")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a Settings field for this run (e.g. memory_top_k=30); repeatable")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     a = ap.parse_args(argv)
-    p = run(a.turns, a.window, a.seed, quiet=a.quiet, plot=not a.no_plot)
+    p = run(a.turns, a.window, a.seed, quiet=a.quiet, plot=not a.no_plot, settings_overrides=parse_overrides(a.set))
     out = dict(p) if a.per_turn else {k: v for k, v in p.items() if k != "per_turn"}
     notes = [f"plot: {p['plot']}"] if p.get("plot") else []
     emit([table(p)], out, a.json, notes)
