@@ -84,6 +84,8 @@ def summarize_l1(eng: Engine, turns: list[tuple[int, str, str]]) -> tuple[str, l
     except Exception as exc:  # the turn never fails because of a summary
         log.warning("L1 summary failed (%s); using an extractive fallback", type(exc).__name__)
         eng.metrics.inc("summary_failures")
+        if eng.settings.llm_extraction:  # the same call extracts the facts: they are lost too
+            eng.metrics.inc("extraction_failures")
         return fallback_summary([u for _, u, _ in turns]), [], False
 
 
