@@ -15,6 +15,7 @@ A hard token budget is enforced last: the prompt never exceeds ``Settings.prompt
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -63,11 +64,14 @@ def render_l1(l1: list[dict[str, Any]]) -> str:
     return load_prompt("l1_header").strip() + "\n" + "\n".join(lines)
 
 
+_BLOCK_TAG = re.compile(r"<\s*(/?)\s*(memory(?:-update)?)\s*>", re.IGNORECASE)
+
+
 def memory_line(item: dict[str, Any]) -> str:
-    """One retrieved memory as a quoted data line."""
+    """One retrieved memory as a quoted data line (a ``</memory>`` inside it cannot close the block)."""
     date = f"[{item['date']}] " if item.get("date") else ""
     who = item.get("speaker") or item.get("kind") or "memory"
-    text = " ".join(str(item.get("text", "")).split())
+    text = _BLOCK_TAG.sub(r"‹\1\2›", " ".join(str(item.get("text", "")).split()))
     return f"- {date}{who}: {text}"
 
 
