@@ -1,0 +1,259 @@
+"""API-key authentication: ``Authorization: Bearer <key>`` or the ``memchat_key`` session cookie.
+
+Every route needs the key except ``GET /health`` and ``POST /login`` (which checks the key itself and
+answers 401 when it is missing or wrong). ``POST /login`` takes the key (form field or JSON ``key``),
+compares it with :func:`hmac.compare_digest` and sets an HttpOnly, ``SameSite=Strict`` cookie holding a
+signed, expiring session token (HMAC-SHA256 of the expiry under the key: the key itself is not stored in
+the browser; changing ``MEMCHAT_API_KEY`` signs everyone out). The cookie may also hold the key itself.
+
+A browser navigating without credentials (``GET`` with ``Accept: text/html``) gets a 401 with a small
+self-contained login form instead of the JSON error. Requests authenticated by the cookie that change
+something (not GET/HEAD/OPTIONS) must come from the same origin when the browser says where they come
+from (``Origin`` / ``Sec-Fetch-Site``): a second line behind ``SameSite=Strict`` against cross-site
+request forgery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import time
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.schemas import APIError
+
+COOKIE_NAME = "memchat_key"
+SESSION_SECONDS = 7 * 24 * 3600
+LOGIN_MAX_BYTES = 8192
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+_TOKEN_PREFIX = "s1."
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+             "base-uri 'none'")
+PAGE_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def is_public(method: str, path: str) -> bool:
+    """Routes served without credentials: the health check, and the login form's target (it checks the
+    key itself)."""
+    return (method in ("GET", "HEAD") and path == "/health") or (method == "POST" and path == "/login")
+
+
+# ---- session tokens ------------------------------------------------------------------------------
+
+
+def _sign(key: bytes, expires: int) -> str:
+    return hmac.new(key, f"memchat-session:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_token(key: bytes, now: float | None = None, ttl: int = SESSION_SECONDS) -> str:
+    """A signed session token valid for ``ttl`` seconds."""
+    expires = int((time.time() if now is None else now) + ttl)
+    return f"{_TOKEN_PREFIX}{expires}.{_sign(key, expires)}"
+
+
+def valid_cookie(key: bytes, value: str, now: float | None = None) -> bool:
+    """The cookie holds an unexpired session token signed with ``key``, or the key itself."""
+    raw = value.encode()
+    if hmac.compare_digest(raw, key):
+        return True
+    if not value.startswith(_TOKEN_PREFIX):
+        return False
+    exp, _, sig = value[len(_TOKEN_PREFIX):].partition(".")
+    if not exp.isdigit() or len(exp) > 12:
+        return False
+    ok = hmac.compare_digest(sig.encode(), _sign(key, int(exp)).encode())
+    return ok and int(exp) > (time.time() if now is None else now)
+
+
+def _cookie_value(headers: Headers) -> str | None:
+    raw = headers.get("cookie")
+    if not raw:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:  # a malformed Cookie header: no session
+        return None
+    morsel = jar.get(COOKIE_NAME)
+    return morsel.value if morsel is not None else None
+
+
+def _same_origin(headers: Headers) -> bool:
+    """False when the browser says the request comes from another site or origin."""
+    site = headers.get("sec-fetch-site")
+    if site and site not in ("same-origin", "none"):
+        return False
+    origin = headers.get("origin")
+    if origin and origin != "null":
+        return urlsplit(origin).netloc.lower() == (headers.get("host") or "").lower()
+    return origin != "null"
+
+
+# ---- the login page -------------------------------------------------------------------------------
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to go to after login (never another site)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    if any(ord(c) < 0x20 for c in value):
+        return "/"
+    return value
+
+
+def login_page(next_path: str = "/", error: str | None = None, status: int = 401) -> HTMLResponse:
+    """A tiny self-contained login form (no external assets) that posts the key to ``/login``."""
+    err = f'<p class="err" role="alert">{html.escape(error)}</p>' if error else ""
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>memchat — sign in</title>
+<style>
+body{{font:15px/1.4 system-ui,sans-serif;background:#f5f6f8;color:#1d2330;display:grid;place-items:center;
+min-height:100vh;margin:0}}
+form{{background:#fff;padding:28px 32px;border-radius:10px;box-shadow:0 2px 12px #0002;width:300px}}
+h1{{font-size:20px;margin:0 0 16px}}label{{display:block;margin-bottom:6px;color:#556}}
+input[type=password]{{width:100%;box-sizing:border-box;padding:8px;border:1px solid #bbc;border-radius:6px}}
+button{{margin-top:14px;width:100%;padding:9px;border:0;border-radius:6px;background:#2f6fed;color:#fff;
+font-weight:600;cursor:pointer}}.err{{color:#b3261e;margin:0 0 12px}}
+</style></head>
+<body><form id="login" method="post" action="/login">
+<h1>memchat</h1>{err}
+<label for="key">API key</label>
+<input id="key" name="key" type="password" autocomplete="current-password" autofocus required>
+<input type="hidden" name="next" value="{html.escape(safe_next(next_path))}">
+<button id="sign-in" type="submit">Sign in</button>
+</form></body></html>
+"""
+    return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, "Content-Security-Policy": LOGIN_CSP})
+
+
+def _wants_html(headers: Headers) -> bool:
+    return "text/html" in headers.get("accept", "")
+
+
+# ---- the middleware --------------------------------------------------------------------------------
+
+
+class AuthMiddleware:
+    """401 for every request without valid credentials, except the public routes (an ASGI middleware,
+    so it also covers the LangServe routes, mounted apps and unknown paths)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token and hmac.compare_digest(token.encode(), self.key):
+            await self.app(scope, receive, send)
+            return
+        cookie = _cookie_value(headers)
+        if cookie and valid_cookie(self.key, cookie):
+            if scope["method"] not in SAFE_METHODS and not _same_origin(headers):
+                err = APIError(403, "cross-origin request refused (the session cookie only works from this "
+                               "server's own pages; send 'Authorization: Bearer <key>' instead)",
+                               code="cross_origin")
+                await err.response()(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD") and _wants_html(headers):
+            path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
+            error = "Invalid or expired session: sign in again." if cookie else None
+            await login_page(path, error)(scope, receive, send)
+            return
+        if token or cookie:
+            msg = "Invalid API key"
+        else:
+            msg = "Missing API key: send 'Authorization: Bearer <key>' (or sign in at / for the session cookie)"
+        err = APIError(401, msg, code="invalid_api_key")
+        await err.response(headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+
+# ---- /login and /logout -----------------------------------------------------------------------------
+
+
+async def _read_login(request: Request) -> tuple[dict[str, Any], bool]:
+    """The login fields and whether they came as JSON."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_MAX_BYTES:
+            raise APIError(413, f"login body over {LOGIN_MAX_BYTES} bytes", code="request_too_large")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")):
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise APIError(400, "login body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise APIError(400, "login body must be a JSON object with 'key'")
+        return data, True
+    if ctype in ("application/x-www-form-urlencoded", ""):
+        try:
+            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise APIError(400, "login form is not valid") from exc
+        return {k: v[0] for k, v in form.items() if v}, False
+    raise APIError(415, "send the key as a form (application/x-www-form-urlencoded) or JSON {\"key\": ...}",
+                   code="unsupported_media_type")
+
+
+def _set_session(response: Response, key: bytes, request: Request) -> None:
+    response.set_cookie(COOKIE_NAME, session_token(key), max_age=SESSION_SECONDS, path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+
+
+async def login(request: Request, api_key: str | None) -> Response:
+    """``POST /login``: check the key, set the session cookie (form: 303 to ``next``; JSON: 200)."""
+    data, as_json = await _read_login(request)
+    given = data.get("key", data.get("api_key"))
+    next_path = safe_next(data.get("next") if isinstance(data.get("next"), str) else None)
+    if api_key is None:  # no key configured: nothing to sign in to
+        return JSONResponse({"ok": True, "auth": "disabled"}) if as_json else RedirectResponse(next_path, 303)
+    key = api_key.encode()
+    ok = isinstance(given, str) and bool(given) and hmac.compare_digest(given.encode(), key)
+    if not ok:
+        msg = "Missing API key" if not given else "Invalid API key"
+        if as_json:
+            raise APIError(401, msg, code="invalid_api_key")
+        return login_page(next_path, msg)
+    response: Response
+    if as_json:
+        response = JSONResponse({"ok": True, "expires_in": SESSION_SECONDS})
+    else:
+        response = RedirectResponse(next_path, status_code=303)
+    _set_session(response, key, request)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def logout(request: Request) -> Response:
+    """``POST /logout``: drop the session cookie (form: 303 to ``/``; otherwise 200)."""
+    ctype = request.headers.get("content-type", "")
+    response: Response = (RedirectResponse("/", 303) if ctype.startswith("application/x-www-form-urlencoded")
+                          else JSONResponse({"ok": True}))
+    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+    return response
