@@ -9,9 +9,10 @@ event loop never blocks.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextvars
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -27,19 +28,25 @@ from fastapi.exception_handlers import http_exception_handler, request_validatio
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graph.chat import MemChat, TurnResult
 from graph.llm import BackendError, BackendInfo, BackendTimeout, classify_error, probe_backend
 from graph.local_server import LLMStartupError
+from graph.observability import configure_logging, uvicorn_log_config
+from graph.persistence import ThreadBusy
 from graph.settings import Settings, get_settings
+from server import auth
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.metrics import ServerMetrics, TurnObserver
+from server.middleware import BodySizeMiddleware, RequestContextMiddleware
 from server.schemas import (
     SYSTEM_ROLES,
     APIError,
     ChatCompletionRequest,
+    GraphInputError,
     check_id,
+    check_text,
     chunk_body,
     completion_body,
     message_text,
@@ -49,63 +56,12 @@ from server.schemas import (
 from server.stateless import StatelessResult, build_prompt, stream_answer
 
 log = logging.getLogger("memchat.server")
+turn_log = logging.getLogger("memchat.turn")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 REPROBE_SECONDS = 5.0
 MODEL_ID = "memchat"
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------------------------------------
-# middleware
-
-
-def _is_public(method: str, path: str) -> bool:
-    """Routes served without the API key: the health check and the static page shell (no data in it;
-    the page asks for the key and sends it with every API call)."""
-    if method not in ("GET", "HEAD"):
-        return False
-    return path in ("/health", "/") or path.startswith("/static/")
-
-
-class BearerAuthMiddleware:
-    """``Authorization: Bearer <MEMCHAT_API_KEY>`` on every route but the public ones (401 otherwise).
-
-    An ASGI middleware, so it also covers the LangServe routes and mounted apps."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.key = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_public(scope["method"], scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key):
-            await self.app(scope, receive, send)
-            return
-        msg = ("Missing API key: send 'Authorization: Bearer <key>'" if not token else "Invalid API key")
-        err = APIError(401, msg, code="invalid_api_key")
-        await err.response(headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-
-
-class BodySizeMiddleware:
-    """413 for a request whose declared body is far larger than any accepted message could need."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length and length.isdigit() and int(length) > self.max_bytes:
-                err = APIError(413, f"request body of {length} bytes exceeds the limit of {self.max_bytes} bytes",
-                               code="request_too_large")
-                await err.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +98,13 @@ class Server:
         self.status = BackendStatus(state="starting" if probe else "ok")
         self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memchat-worker")
         self._probe_lock = asyncio.Lock()
+        self.metrics = ServerMetrics(memchat.engine.metrics, backend_up=lambda: self.status.state == "ok")
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run sync work in the worker pool."""
+        """Run sync work in the worker pool (with this request's context: its id reaches the logs)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self.pool, lambda: ctx.run(fn, *args, **kwargs))
 
     async def probe(self, force: bool = False) -> BackendStatus:
         """Probe the backend (at most every few seconds unless forced); never raises."""
@@ -181,6 +139,24 @@ class Server:
                            code="backend_unavailable")
 
 
+def memory_counts(mc: MemChat, thread_id: str, user_id: str | None) -> dict[str, int] | None:
+    """Vector memories of a thread (thread-scoped) and of its user (user-scoped facts), when the store
+    can count them (Chroma); ``None`` otherwise."""
+    col = getattr(mc.engine.memory, "col", None)
+    if col is None:
+        return None
+    try:
+        thread: Any = {"$and": [{"thread_id": thread_id}, {"scope": "thread"}]}
+        out = {"thread": len(col.get(where=thread, include=[])["ids"]), "user": 0}
+        if user_id:
+            user: Any = {"$and": [{"user_id": user_id}, {"scope": "user"}]}
+            out["user"] = len(col.get(where=user, include=[])["ids"])
+        return out
+    except Exception:  # a view must not fail because of a count
+        log.debug("memory count failed", exc_info=True)
+        return None
+
+
 def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
     """Map an exception from a turn (or a stateless call) to an OpenAI-shaped API error."""
     if isinstance(exc, APIError):
@@ -189,6 +165,8 @@ def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
     if isinstance(exc, LLMStartupError):
         return APIError(503, f"embedded LLM could not start: {exc}{note}", type="server_error",
                         code="backend_unavailable")
+    if isinstance(exc, ThreadBusy):
+        return APIError(409, f"{exc}; try again", code="thread_busy")
     if not isinstance(exc, BackendError):
         try:
             import openai
@@ -243,7 +221,8 @@ async def iterate_in_thread(server: Server, make: Callable[[], Iterator[T]], *,
                 close()
         put("done", _DONE)
 
-    loop.run_in_executor(server.pool, work)
+    ctx = contextvars.copy_context()
+    loop.run_in_executor(server.pool, ctx.run, work)
     try:
         while True:
             kind, value = await queue.get()
@@ -282,9 +261,12 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
         raise APIError(400, "tools / function calling are not supported", param="tools")
     thread_id = check_id(request.headers.get("x-thread-id") or req.thread_id, "thread_id")
     user_id = check_id(req.user or request.headers.get("x-user-id"), "user")
+    check_text(req.model, "model")
+    for stop in ([req.stop] if isinstance(req.stop, str) else req.stop or []):
+        check_text(stop, "stop")
     texts = []
     for i, m in enumerate(req.messages):
-        text = message_text(m, i)
+        text = check_text(message_text(m, i), f"messages[{i}].content")
         if len(text) > settings.max_request_chars:
             raise APIError(413, f"messages[{i}] has {len(text)} characters; the limit is "
                                 f"{settings.max_request_chars} (MEMCHAT_MAX_REQUEST_CHARS)",
@@ -347,37 +329,75 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+async def observed(items: AsyncGenerator[Any, None], obs: TurnObserver, plan: ChatPlan, mc: MemChat,
+                   extra: dict[str, Any]) -> AsyncGenerator[str | Outcome, None]:
+    """The turn's items with metrics and logs: reply tokens pass through, the final result becomes an
+    :class:`Outcome`, and an exception becomes the :class:`APIError` it will be answered with."""
+    try:
+        async for item in items:
+            if isinstance(item, str):
+                obs.token()
+                yield item
+                continue
+            out = _outcome(item, plan, mc, extra)
+            latency = obs.result(out.usage, out.usage["prompt_tokens_details"]["cached_tokens"])
+            turn_log.info("turn answered", extra={
+                "mode": obs.mode, "thread_id": plan.thread_id, "turn": out.extra.get("turn"),
+                "latency_ms": round(latency * 1000, 1),
+                "ttft_ms": round(obs.first * 1000, 1) if obs.first is not None else None,
+                "prompt_tokens": out.usage["prompt_tokens"], "completion_tokens": out.usage["completion_tokens"],
+                "cached_tokens": out.usage["prompt_tokens_details"]["cached_tokens"],
+                "message_chars": len(plan.message), "reply_chars": len(out.reply)})
+            turn_log.debug("turn content", extra={"message": plan.message, "reply": out.reply})
+            yield out
+    except Exception as exc:
+        err = _api_error(exc, plan.thread_id)
+        obs.failed(err.code or "error")
+        turn_log.warning("turn failed: %s", err.code or "error", extra={
+            "mode": obs.mode, "thread_id": plan.thread_id, "status": err.status, "code": err.code})
+        raise err from exc
+    finally:
+        if not obs.done:
+            obs.failed("client_closed")
+        await items.aclose()
+
+
 async def answer(server: Server, plan: ChatPlan) -> Response:
     """Run the request (stateful turn or stateless call) and answer plainly or as SSE."""
     mc = server.memchat
     extra: dict[str, Any] = {}
-    if plan.thread_id:
-        tid = plan.thread_id
+    obs = server.metrics.turn("thread" if plan.thread_id else "stateless")
+    try:
+        if plan.thread_id:
+            tid = plan.thread_id
 
-        def make() -> Iterator[Any]:
-            return mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
-                                  llm_params=plan.llm_params or None)
-        cancel = False
-    else:
-        prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona, plan.history,
-                                   plan.message)
-        extra = prompt.info()
+            def make() -> Iterator[Any]:
+                return mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
+                                      llm_params=plan.llm_params or None)
+            cancel = False
+        else:
+            prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona,
+                                       plan.history, plan.message)
+            extra = prompt.info()
 
-        def make() -> Iterator[Any]:
-            return stream_answer(mc.engine, prompt, plan.llm_params)
-        cancel = True
+            def make() -> Iterator[Any]:
+                return stream_answer(mc.engine, prompt, plan.llm_params)
+            cancel = True
+    except Exception as exc:
+        err = _api_error(exc, plan.thread_id)
+        obs.failed(err.code or "error")
+        raise err from exc
 
-    items = iterate_in_thread(server, make, cancel_on_close=cancel)
+    items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id else {}
     cid = new_completion_id()
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
         try:
             async for item in items:
-                if not isinstance(item, str):
-                    out = _outcome(item, plan, mc, extra)
-                    return JSONResponse(jsonable_encoder(completion_body(cid, model, out.reply, out.finish,
-                                                                         out.usage, out.extra)), headers=headers)
+                if isinstance(item, Outcome):
+                    body = completion_body(cid, model, item.reply, item.finish, item.usage, item.extra)
+                    return JSONResponse(jsonable_encoder(body), headers=headers)
             raise RuntimeError("the turn ended without a result")
         except Exception as exc:
             raise _api_error(exc, plan.thread_id) from exc
@@ -385,15 +405,18 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
             await items.aclose()
     try:  # peek at the first item so that errors before any output keep their HTTP status
         first = await anext(items)
+    except StopAsyncIteration as exc:
+        await items.aclose()
+        raise _api_error(RuntimeError("the turn ended without a result"), plan.thread_id) from exc
     except Exception as exc:
         await items.aclose()
         raise _api_error(exc, plan.thread_id) from exc
-    return StreamingResponse(_stream(first, items, plan, cid, model, extra, mc), media_type="text/event-stream",
+    return StreamingResponse(_stream(first, items, plan, cid, model), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _stream(first: Any, items: AsyncGenerator[Any, None], plan: ChatPlan, cid: str, model: str,
-                  extra: dict[str, Any], mc: MemChat) -> AsyncIterator[bytes]:
+async def _stream(first: str | Outcome, items: AsyncGenerator[str | Outcome, None], plan: ChatPlan, cid: str,
+                  model: str) -> AsyncIterator[bytes]:
     created = int(time.time())
     with_usage = plan.req.include_usage()
     yield _sse(chunk_body(cid, created, model, {"role": "assistant", "content": ""}, with_usage_field=with_usage))
@@ -403,10 +426,9 @@ async def _stream(first: Any, items: AsyncGenerator[Any, None], plan: ChatPlan, 
             if isinstance(item, str):
                 yield _sse(chunk_body(cid, created, model, {"content": item}, with_usage_field=with_usage))
             else:
-                out = _outcome(item, plan, mc, extra)
-                yield _sse(chunk_body(cid, created, model, {}, out.finish, with_usage_field=with_usage))
+                yield _sse(chunk_body(cid, created, model, {}, item.finish, with_usage_field=with_usage))
                 if with_usage:
-                    yield _sse(chunk_body(cid, created, model, None, usage=out.usage))
+                    yield _sse(chunk_body(cid, created, model, None, usage=item.usage))
                 break
             item = await anext(items)
     except StopAsyncIteration:
@@ -444,9 +466,12 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
                   description="OpenAI-compatible chat with long-term memory (threads via X-Thread-ID).")
     app.state.server = server
     app.state.memchat = memchat
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    # the last added is the outermost: request id and access log, then auth, then body limits
     app.add_middleware(BodySizeMiddleware, max_bytes=8 * settings.max_request_chars + (1 << 20))
-    if settings.api_key is not None and settings.api_key.get_secret_value():  # outermost: checked first
-        app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key.get_secret_value())
+    if api_key:
+        app.add_middleware(auth.AuthMiddleware, api_key=api_key)
+    app.add_middleware(RequestContextMiddleware, metrics=server.metrics)
 
     # ---- errors: OpenAI-shaped under /v1 ----
     @app.exception_handler(APIError)
@@ -469,8 +494,17 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     async def _http_handler(request: Request, exc: StarletteHTTPException) -> Response:
         if not request.url.path.startswith("/v1/"):
             return await http_exception_handler(request, exc)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=code).response(headers=exc.headers)
+
+    @app.exception_handler(GraphInputError)
+    async def _graph_input_handler(request: Request, exc: GraphInputError) -> Response:
+        return APIError(exc.status, exc.message, code=exc.code).response()
+
+    @app.exception_handler(BackendError)
+    async def _backend_error_handler(request: Request, exc: BackendError) -> Response:
+        thread = request.headers.get("x-thread-id")
+        return _api_error(exc, thread).response()
 
     # ---- health & models ----
     @app.get("/health", tags=["meta"])
@@ -478,6 +512,33 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         """Liveness and the LLM backend's state (``ok`` or ``degraded``); no auth."""
         status = await server.probe()
         return status.public()
+
+    @app.get("/metrics", tags=["meta"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        """Prometheus metrics: turns, LLM calls by kind, failures, cached-token ratio, latency histograms."""
+        return Response(server.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    # ---- sign-in for the web page ----
+    @app.post("/login", tags=["meta"], status_code=303,
+              responses={200: {"description": "JSON login: the cookie is set"},
+                         303: {"description": "Form login: the cookie is set, go to `next`"},
+                         401: {"description": "Missing or wrong key"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-www-form-urlencoded": {"schema": {
+                      "type": "object", "required": ["key"],
+                      "properties": {"key": {"type": "string"}, "next": {"type": "string"}}}},
+                  "application/json": {"schema": {
+                      "type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}}}}})
+    async def login(request: Request) -> Response:
+        """Check the API key (form field or JSON ``key``) and set the HttpOnly session cookie
+        ``memchat_key`` (SameSite=Strict) used by the web page."""
+        return await auth.login(request, api_key or None)
+
+    @app.post("/logout", tags=["meta"])
+    async def logout(request: Request) -> Response:
+        """Drop the session cookie."""
+        return auth.logout(request)
 
     @app.get("/v1/models", tags=["openai"])
     async def models() -> dict[str, Any]:
@@ -498,9 +559,11 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         return await answer(server, plan)
 
     # ---- threads ----
-    async def _known(thread_id: str) -> None:
-        if not await server.call(memchat.state, thread_id):
+    async def _known(thread_id: str) -> str:
+        tid = check_id(thread_id, "thread_id")
+        if not tid or not await server.call(memchat.state, tid):
             raise APIError(404, f"thread {thread_id!r} not found", code="thread_not_found")
+        return tid
 
     @app.get("/v1/threads", tags=["threads"])
     async def threads(user: str | None = None) -> dict[str, Any]:
@@ -513,22 +576,27 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     @app.get("/v1/threads/{thread_id}/memory", tags=["threads"])
     async def thread_memory(thread_id: str) -> Any:
         """Slots with provenance, L1, L2, recent turns and the last retrievals."""
-        await _known(thread_id)
-        return jsonable_encoder(await server.call(memchat.memory, thread_id))
+        tid = await _known(thread_id)
+
+        def view() -> dict[str, Any]:
+            mem = memchat.memory(tid)
+            mem["memories"] = memory_counts(memchat, tid, mem.get("user_id"))
+            return mem
+        return jsonable_encoder(await server.call(view))
 
     @app.get("/v1/threads/{thread_id}/context", tags=["threads"])
     async def thread_context(thread_id: str) -> Any:
         """The last prompt sent to the LLM with token counts per section."""
-        await _known(thread_id)
-        return jsonable_encoder(await server.call(memchat.context, thread_id))
+        tid = await _known(thread_id)
+        return jsonable_encoder(await server.call(memchat.context, tid))
 
     @app.post("/v1/threads/{thread_id}/summarize", tags=["threads"])
     async def thread_summarize(thread_id: str) -> Any:
         """Fold L1 (and older verbatim turns) into the L2 summary now; returns the memory."""
-        await _known(thread_id)
+        tid = await _known(thread_id)
         await server.require_backend()
         try:
-            return jsonable_encoder(await server.call(memchat.summarize_now, thread_id))
+            return jsonable_encoder(await server.call(memchat.summarize_now, tid))
         except KeyError as exc:
             raise APIError(404, f"thread {thread_id!r} not found", code="thread_not_found") from exc
         except RuntimeError as exc:
@@ -539,26 +607,29 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     @app.delete("/v1/threads/{thread_id}", tags=["threads"])
     async def thread_delete(thread_id: str) -> dict[str, Any]:
         """Forget a thread: checkpoints and thread-scoped memories."""
-        res = await server.call(memchat.delete_thread, thread_id)
+        tid = check_id(thread_id, "thread_id") or thread_id
+        res = await server.call(memchat.delete_thread, tid)
         return {"id": thread_id, "object": "thread.deleted", "deleted": bool(res.get("deleted")),
                 "memories_removed": res.get("memories_removed")}
 
     @app.delete("/v1/users/{user_id}/memory", tags=["threads"])
     async def user_delete(user_id: str) -> dict[str, Any]:
         """Forget a user everywhere: threads, memories, profile and audit log."""
-        res = await server.call(memchat.delete_user, user_id)
+        uid = check_id(user_id, "user_id") or user_id
+        res = await server.call(memchat.delete_user, uid)
         return {"user_id": user_id, "object": "user.memory.deleted", "deleted": True,
                 "threads_deleted": res.get("threads_deleted", []), "memories_removed": res.get("memories_removed")}
 
     # ---- LangServe ----
     from server.langserve_routes import mount_graph
 
-    mount_graph(app, memchat)
+    mount_graph(app, memchat, server.metrics, settings)
 
-    # ---- web page ----
+    # ---- web page (behind auth: the API key as Bearer, or the session cookie from /login) ----
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
+        return FileResponse(STATIC_DIR / "index.html",
+                            headers={**auth.PAGE_HEADERS, "Content-Security-Policy": auth.PAGE_CSP})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
@@ -568,10 +639,13 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve with uvicorn (``memchat serve``)."""
     import uvicorn
 
-    logging.getLogger("memchat").setLevel(logging.INFO)
+    fmt = os.environ.get("MEMCHAT_LOG_FORMAT") or "json"
+    level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
+    configure_logging(fmt, level)
     settings = get_settings()
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory",
                     host)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=level.lower(), access_log=False,
+                log_config=uvicorn_log_config(fmt, level), timeout_graceful_shutdown=5)
 

@@ -17,8 +17,11 @@ from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableCo
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from graph.chat import MemChat
+from graph.llm import BackendError
+from graph.settings import Settings
 from nodes.common import text_of
-from server.schemas import APIError, check_id
+from server.metrics import ServerMetrics
+from server.schemas import APIError, GraphInputError, check_id, check_text
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 
@@ -74,26 +77,67 @@ def _field(inp: Any, name: str) -> Any:
     return inp.get(name) if isinstance(inp, dict) else getattr(inp, name, None)
 
 
-def graph_runnable(memchat: MemChat) -> Runnable[Any, Any]:
-    """The graph as a runnable that runs one atomic MemChat turn per call (sync; async runs in a thread)."""
+def _checked_id(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise GraphInputError(400, f"{what} must be a string")
+    try:
+        return check_id(value, what)
+    except APIError as exc:
+        raise GraphInputError(400, exc.message) from exc
+
+
+def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
+                   settings: Settings | None = None) -> Runnable[Any, Any]:
+    """The graph as a runnable that runs one atomic MemChat turn per call (sync; async runs in a thread).
+
+    Invalid input raises :class:`GraphInputError` (answered 400/413 by the app, not 500)."""
+    max_chars = (settings or memchat.settings).max_request_chars
 
     def run_turn(inp: Any, config: RunnableConfig) -> dict[str, Any]:
         conf = dict(config.get("configurable") or {})
-        tid = conf.get("thread_id")
+        tid = _checked_id(conf.get("thread_id"), "thread_id")
         if not tid:
-            raise ValueError("a thread id is required (X-Thread-ID header or configurable.thread_id)")
+            raise GraphInputError(400, "a thread id is required (X-Thread-ID header or configurable.thread_id)")
         raw = _field(inp, "messages") or []
-        msgs: list[BaseMessage] = convert_to_messages(raw) if raw else []
+        try:
+            msgs: list[BaseMessage] = convert_to_messages(raw) if raw else []
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise GraphInputError(400, f"invalid messages: {exc}") from exc
         human = next((m for m in reversed(msgs) if isinstance(m, HumanMessage)), None)
         if human is None or not text_of(human).strip():
-            raise ValueError("the input needs a non-empty user message")
+            raise GraphInputError(400, "the input needs a non-empty user message")
+        message = text_of(human)
+        try:
+            check_text(message, "messages")
+        except APIError as exc:
+            raise GraphInputError(400, exc.message) from exc
+        if len(message) > max_chars:
+            raise GraphInputError(413, f"the user message has {len(message)} characters; the limit is {max_chars} "
+                                       "(MEMCHAT_MAX_REQUEST_CHARS)", code="message_too_long")
         persona = _field(inp, "persona")
         if persona is None and msgs and isinstance(msgs[0], SystemMessage):
             persona = text_of(msgs[0]) or None
-        user = conf.get("user_id") or _field(inp, "user_id")
-        memchat.turn(str(tid), text_of(human), user_id=user, persona=persona,
-                     llm_params=conf.get("llm_params"))
-        return memchat.state(str(tid))
+        if persona is not None and not isinstance(persona, str):
+            raise GraphInputError(400, "persona must be a string")
+        user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
+        params = conf.get("llm_params")
+        if params is not None and not isinstance(params, dict):
+            raise GraphInputError(400, "configurable.llm_params must be an object")
+        obs = metrics.turn("graph") if metrics is not None else None
+        try:
+            result = memchat.turn(tid, message, user_id=user, persona=persona, llm_params=params,
+                                  on_token=(lambda _t: obs.token()) if obs is not None else None)
+        except BaseException as exc:
+            if obs is not None:
+                code = "backend_timeout" if "Timeout" in type(exc).__name__ else (
+                    "backend_unavailable" if isinstance(exc, BackendError) else "error")
+                obs.failed(code)
+            raise
+        if obs is not None:
+            usage = dict(result.usage or {})
+            obs.result({"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")},
+                       result.cached_tokens)
+        return memchat.state(tid)
 
     runnable: Runnable[Any, Any] = _TurnLambda(run_turn, name="memchat")
     return runnable.with_types(input_type=GraphInput, output_type=GraphOutput)
@@ -118,10 +162,12 @@ def per_request_config(config: dict[str, Any], request: Request) -> dict[str, An
     return config
 
 
-def mount_graph(app: FastAPI, memchat: MemChat, path: str = "/graph") -> None:
+def mount_graph(app: FastAPI, memchat: MemChat, metrics: ServerMetrics | None = None,
+                settings: Settings | None = None, path: str = "/graph") -> None:
     """Mount the graph with ``langserve.add_routes``."""
     from langserve import add_routes
 
-    add_routes(app, graph_runnable(memchat), path=path, per_req_config_modifier=per_request_config,
+    add_routes(app, graph_runnable(memchat, metrics, settings), path=path,
+               per_req_config_modifier=per_request_config,
                enabled_endpoints=("invoke", "batch", "stream", "stream_log", "stream_events", "input_schema",
                                   "output_schema", "config_schema", "playground"))

@@ -38,6 +38,16 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
+class GraphInputError(ValueError):
+    """An invalid input to the LangServe graph routes (answered as an HTTP error, not a 500)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
 class ContentPart(BaseModel):
     """One part of a multi-part message content (only text parts are supported)."""
 
@@ -132,6 +142,17 @@ def message_text(msg: ChatMessage, index: int) -> str:
     return "".join(out)
 
 
+def check_text(text: str, where: str) -> str:
+    """Text that can be stored and tokenized: valid Unicode (no lone surrogates, which JSON allows as
+    ``\\ud800`` escapes but UTF-8 cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(400, f"{where}: invalid Unicode (a lone surrogate at character {exc.start})",
+                       param=where.replace("[", ".").replace("]", ""), code="invalid_text") from exc
+    return text
+
+
 def check_id(value: str | None, what: str) -> str | None:
     """Validate a thread or user id (non-empty, no control characters or '/', at most 256 chars)."""
     if value is None:
@@ -139,7 +160,13 @@ def check_id(value: str | None, what: str) -> str | None:
     value = value.strip()
     if not value:
         return None
-    if len(value) > MAX_ID_CHARS or _BAD_ID.search(value):
+    bad = len(value) > MAX_ID_CHARS or bool(_BAD_ID.search(value))
+    if not bad:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            bad = True
+    if bad:
         raise APIError(400, f"invalid {what}: at most {MAX_ID_CHARS} characters, no '/' or control characters",
                        param=what)
     return value

@@ -119,9 +119,10 @@ def test_auth_401_without_and_with_wrong_key(base: str) -> None:
         assert r.headers["www-authenticate"] == "Bearer"
         assert httpx.get(f"{base}{path}", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.post(f"{base}/health").status_code == 401  # only GET /health is open
-    # the page shell is public (it holds no data and asks for the key itself)
-    assert httpx.get(f"{base}/").status_code == 200
-    assert httpx.get(f"{base}/static/app.js").status_code == 200
+    # the page needs the key too (Bearer or the /login cookie): see tests/test_security_auth.py
+    assert httpx.get(f"{base}/").status_code == 401
+    assert httpx.get(f"{base}/static/app.js").status_code == 401
+    assert httpx.get(f"{base}/", headers=AUTH).status_code == 200
 
 
 def test_models(client: openai.OpenAI) -> None:

@@ -82,7 +82,8 @@ async function failure(res) {
     else if (body && body.detail) message = asText(body.detail);
   } catch (_) { /* not JSON */ }
   if (res.status === 401) {
-    showBanner("Unauthorized (401): enter a valid API key in the sidebar. Server said: " + message, "auth");
+    showBanner("Unauthorized (401): sign in again (reload the page) or enter a valid API key in the sidebar. " +
+      "Server said: " + message, "auth");
   }
   return new ApiError(res.status, message);
 }
@@ -92,6 +93,7 @@ async function api(method, path, body) {
   const res = await fetch(path, {
     method,
     headers: headers(),
+    credentials: "same-origin", // the HttpOnly session cookie from /login
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!res.ok) throw await failure(res);
@@ -266,6 +268,7 @@ async function send() {
     const res = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: headers({ "X-Thread-ID": thread, Accept: "text/event-stream" }),
+      credentials: "same-origin",
       body: JSON.stringify(body),
       signal: state.controller.signal,
     });
@@ -465,6 +468,18 @@ async function forget() {
   }
 }
 
+// ---------- session ----------
+
+// Drop the session cookie (and the stored key), then show the login form.
+async function signOut() {
+  $("api-key").value = "";
+  localStorage.removeItem(LS.key);
+  try {
+    await fetch("/logout", { method: "POST", credentials: "same-origin" });
+  } catch (_) { /* offline: the reload shows the state anyway */ }
+  window.location.assign("/");
+}
+
 // ---------- wiring ----------
 
 function persist(id, key, prop) {
@@ -491,6 +506,7 @@ function init() {
   });
 
   $("error-close").addEventListener("click", () => hideBanner());
+  $("sign-out").addEventListener("click", signOut);
   $("new-thread").addEventListener("click", startNewThread);
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("message").addEventListener("keydown", (e) => {
