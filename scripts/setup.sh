@@ -29,14 +29,22 @@ if [ "${1:-}" = "--system" ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
+LOG=.venv/setup.log
+pip_() {  # quiet pip; its output goes to .venv/setup.log and is shown only on failure
+  if ! .venv/bin/python -m pip -q --disable-pip-version-check "$@" >>"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "setup: pip $* failed (full log: $LOG)" >&2
+    exit 1
+  fi
+}
 stamp=".venv/.memchat-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then
   exit 0
 fi
-"${PIP[@]}" install --upgrade pip wheel setuptools 2>&1 | grep -v "is ignored" || true
+echo "setup: installing into .venv (log: $LOG)"
+pip_ install --upgrade pip wheel setuptools
 # CPU torch before anything that needs it (a plain `torch` requirement would pull a CUDA build).
-"${PIP[@]}" install "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+pip_ install "torch==2.13.0"
 
 # llama-cpp-python has no wheel on PyPI: build one portable (AVX2, no AMX/AVX-512, which some
 # sandboxes fault on) wheel once, keep it in the wheelhouse, reuse it everywhere.
@@ -44,10 +52,11 @@ mkdir -p "$WHEELHOUSE"
 if ! ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
   echo "setup: building llama-cpp-python $LLAMA_VERSION (first time only, ~10 min on 2 cores)"
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_BLAS=OFF" \
-    "${PIP[@]}" wheel --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE"
+    pip_ wheel --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELHOUSE"
 fi
-"${PIP[@]}" install --find-links "$WHEELHOUSE" "$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -1)[server]" 2>&1 | grep -v "is ignored" || true
-"${PIP[@]}" install --find-links "$WHEELHOUSE" -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+wheel=$(find "$WHEELHOUSE" -maxdepth 1 -name "llama_cpp_python-$LLAMA_VERSION-*.whl" | head -1)
+pip_ install --find-links "$WHEELHOUSE" "${wheel}[server]"
+pip_ install --find-links "$WHEELHOUSE" -e ".[dev]"
 .venv/bin/python -c "import llama_cpp, graph, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
 rm -f .venv/.memchat-setup-*
 touch "$stamp"
