@@ -6,8 +6,8 @@ compares it with :func:`hmac.compare_digest` and sets an HttpOnly, ``SameSite=St
 signed, expiring session token (HMAC-SHA256 of the expiry under the key: the key itself is not stored in
 the browser; changing ``MEMCHAT_API_KEY`` signs everyone out). The cookie may also hold the key itself.
 
-A browser navigating without credentials (``GET`` with ``Accept: text/html``) gets a 401 with a small
-self-contained login form instead of the JSON error. Requests authenticated by the cookie that change
+``GET /`` without credentials, and any ``GET`` of a browser navigating (``Accept: text/html``), gets a
+401 with a small self-contained login form instead of the JSON error. Requests authenticated by the cookie that change
 something (not GET/HEAD/OPTIONS) must come from the same origin when the browser says where they come
 from (``Origin`` / ``Sec-Fetch-Site``): a second line behind ``SameSite=Strict`` against cross-site
 request forgery.
@@ -140,7 +140,10 @@ font-weight:600;cursor:pointer}}.err{{color:#b3261e;margin:0 0 12px}}
 <button id="sign-in" type="submit">Sign in</button>
 </form></body></html>
 """
-    return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, "Content-Security-Policy": LOGIN_CSP})
+    headers = {**PAGE_HEADERS, "Content-Security-Policy": LOGIN_CSP}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return HTMLResponse(body, status_code=status, headers=headers)
 
 
 def _wants_html(headers: Headers) -> bool:
@@ -178,7 +181,7 @@ class AuthMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if scope["method"] in ("GET", "HEAD") and _wants_html(headers):
+        if scope["method"] in ("GET", "HEAD") and (scope["path"] == "/" or _wants_html(headers)):
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
             error = "Invalid or expired session: sign in again." if cookie else None
             await login_page(path, error)(scope, receive, send)
@@ -237,7 +240,7 @@ async def login(request: Request, api_key: str | None) -> Response:
     if not ok:
         msg = "Missing API key" if not given else "Invalid API key"
         if as_json:
-            raise APIError(401, msg, code="invalid_api_key")
+            return APIError(401, msg, code="invalid_api_key").response(headers={"WWW-Authenticate": "Bearer"})
         return login_page(next_path, msg)
     response: Response
     if as_json:
