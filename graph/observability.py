@@ -30,7 +30,27 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 # attributes every LogRecord has; anything else on a record came in through ``extra=``
 _STANDARD = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "request_id", "rid"}
+
+
+def _install_record_factory() -> None:
+    """Stamp every log record with the current request id when it is created (in the thread and context
+    that logs it), so handlers that format later, or elsewhere, still see it."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_memchat", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return record
+
+    factory._memchat = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_factory()
 
 
 def new_request_id() -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from graph.engine import METRICS, Metrics
@@ -165,3 +166,14 @@ class TurnObserver:
         self.done = True
         self.m.in_progress.labels(self.mode).dec()
         self.m.turns.labels(self.mode, outcome).inc()
+
+
+def samples(text: str) -> dict[str, float]:
+    """Parse exposition text into ``{'name{label="v",...}': value}`` (labels sorted; ``name`` alone when
+    there are none), for tests and ``memchat bench load``."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    return out
