@@ -92,6 +92,7 @@ def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, 
         prev_reply: str | None = None
         naive_prev: list[Message] | None = None
         history: list[tuple[str, str]] = []
+        prev_metas: list[Any] = []
         for i, msg in enumerate(progress(msgs, desc="turns", quiet=quiet), start=1):
             before = dict(llm.calls)
             t0 = time.perf_counter()
@@ -103,6 +104,9 @@ def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, 
             verified = verify_reuse(budget, prev, prev_reply, cur)
             metas = st.get("l0_meta") or []
             shown = list((metas[-1] if metas else {}).get("memories") or [])
+            had = {int(m.get("turn", 0)): bool(m.get("memories")) for m in prev_metas}
+            rebase = any(had.get(int(m.get("turn", 0))) and not m.get("memories") for m in metas[:-1])
+            prev_metas = metas
             naive = naive_prompt(settings.persona, st.get("slots") or {}, shown, history[-window:], msg)
             rows.append({
                 "turn": i,
@@ -112,7 +116,7 @@ def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, 
                 "memory_tokens": int(ctx["sections"].get("memory", 0)),
                 "respond_calls": llm.calls.get("respond", 0) - before.get("respond", 0),
                 "summary_calls": llm.calls.get("summary", 0) - before.get("summary", 0),
-                "rebased": bool(ctx.get("rebased")),
+                "rebased": bool(ctx.get("rebased")) or rebase,
                 "naive_reuse": round(prefix_reuse(budget, naive_prev, prev_reply, naive), 4),
                 "naive_prompt_tokens": budget.messages(naive),
                 "turn_s": round(wall, 4),
@@ -149,6 +153,12 @@ def summarize_rows(rows: list[dict[str, Any]], limit: int, window: int, counters
         "naive_prompt_tokens": {"mean": round(mean(ntoks), 1), "min": min(ntoks, default=0),
                                 "max": max(ntoks, default=0), "window_turns": window},
         "rebased_turns": sum(1 for r in rows if r["rebased"]),
+        "compaction_turns": sum(1 for r in rows if r["summary_calls"]),
+        "prefix_reuse_mean_compaction_turns": round(mean([r["prefix_reuse"] for r in later if r["summary_calls"]]), 4),
+        "prefix_reuse_mean_rebase_turns": round(mean([r["prefix_reuse"] for r in later if r["rebased"]
+                                                      and not r["summary_calls"]]), 4),
+        "prefix_reuse_mean_other_turns": round(mean([r["prefix_reuse"] for r in later if not r["rebased"]
+                                                     and not r["summary_calls"]]), 4),
         "turn_ms_mean": round(1000 * mean([r["turn_s"] for r in rows]), 1),
         "graph_counters": counters,
         "per_turn": rows,
@@ -207,7 +217,11 @@ def table(p: dict[str, Any]) -> Table:
     t.add_row(f"prompt tokens from turn {pt['from_turn']}: mean", f"{pt['mean']:.0f}", f"{nt['mean']:.0f}", "")
     t.add_row("prompt tokens: min – max", f"{pt['min']:.0f} – {pt['max']:.0f}", f"{nt['min']:.0f} – {nt['max']:.0f}",
               f"≤ {pt['limit']} {'✓' if ok['prompt_tokens_within_limit'] else '✗'}")
-    t.add_row("turns with a memory rebase", str(p["rebased_turns"]), "", "")
+    t.add_row("prefix reuse on compaction turns (n)", f"{p['prefix_reuse_mean_compaction_turns']:.3f} "
+              f"({p['compaction_turns']})", "", "")
+    t.add_row("prefix reuse on memory-rebase turns (n)", f"{p['prefix_reuse_mean_rebase_turns']:.3f} "
+              f"({p['rebased_turns']})", "", "")
+    t.add_row("prefix reuse on the other turns", f"{p['prefix_reuse_mean_other_turns']:.3f}", "", "")
     t.add_row("graph time per turn (ms, stub LLM)", f"{p['turn_ms_mean']:.0f}", "", "")
     return t
 
