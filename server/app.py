@@ -329,6 +329,15 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+def _header_safe(value: str) -> bool:
+    """Whether a value can go back in an HTTP header (latin-1; a thread id sent in the body may not)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def observed(items: AsyncGenerator[Any, None], obs: TurnObserver, plan: ChatPlan, mc: MemChat,
                    extra: dict[str, Any]) -> AsyncGenerator[str | Outcome, None]:
     """The turn's items with metrics and logs: reply tokens pass through, the final result becomes an
@@ -389,7 +398,7 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
         raise err from exc
 
     items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
-    headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id else {}
+    headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
     cid = new_completion_id()
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
