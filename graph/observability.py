@@ -7,8 +7,8 @@
   ``request_id`` when set, the record's ``extra`` fields, and ``exc`` for a traceback.
 * :func:`configure_logging` installs it (``MEMCHAT_LOG_FORMAT=json|text``, ``MEMCHAT_LOG_LEVEL``).
 
-Message content is never logged at INFO or above by memchat; it appears only at DEBUG (and the openai
-client library logs request bodies at DEBUG too).
+Message content is never logged at INFO or above by memchat; ``MEMCHAT_LOG_LEVEL=DEBUG`` adds it (the
+``memchat.turn`` logger). Third-party loggers (HTTP clients, openai, chromadb, ...) stay at WARNING.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 # attributes every LogRecord has; anything else on a record came in through ``extra=``
 _STANDARD = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
-    "message", "asctime", "taskName", "request_id", "rid"}
+    "message", "asctime", "taskName", "request_id", "rid", "color_message"}
 
 
 def _install_record_factory() -> None:
@@ -136,8 +136,8 @@ def configure_logging(fmt: str | None = None, level: str | int | None = None) ->
     root.addHandler(handler)
     root.setLevel(min(level, logging.WARNING))
     logging.getLogger("memchat").setLevel(level)
-    for name in ("httpx", "httpcore", "openai", "chromadb", "sentence_transformers", "transformers",
-                 "urllib3", "langchain", "langserve"):
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "chromadb", "sentence_transformers",
+                 "transformers", "urllib3", "langchain", "langserve"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
     return handler
 
