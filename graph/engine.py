@@ -6,6 +6,7 @@ import bisect
 import threading
 from collections import Counter
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -35,6 +36,25 @@ class Metrics:
 METRICS = Metrics()
 
 
+class CountCache:
+    """A tokenizer whose counts are remembered: memory lines and sticky blocks are counted every turn."""
+
+    def __init__(self, tok: TokenCounter, size: int = 16384) -> None:
+        self.tok = tok
+        self._count = lru_cache(maxsize=size)(tok.count)
+
+    def count(self, text: str) -> int:
+        if len(text) > 4000:  # long messages are counted once or twice; keep the cache small
+            return self.tok.count(text)
+        return int(self._count(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        return self.tok.truncate(text, max_tokens)
+
+
 class Engine:
     """Lazily built services for one settings object; backends are chosen by settings alone."""
 
@@ -52,7 +72,7 @@ class Engine:
     @property
     def tokenizer(self) -> TokenCounter:
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.settings.tokenizer)
+            self._tokenizer = CountCache(load_tokenizer(self.settings.tokenizer))
         return self._tokenizer
 
     @property

@@ -242,6 +242,18 @@ class _Scope:
         return mask
 
 
+def _matvec(m: np.ndarray, v: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """``m @ v`` in blocks small enough that BLAS stays on one thread.
+
+    A 10K x 384 product takes 0.3 ms, but OpenBLAS threads it, and next to other work on 2 cores
+    its p95 was 40 ms; 1K-row blocks: p50 0.5 ms, p95 0.6 ms.
+    """
+    out = np.empty(len(m), dtype=np.float32)
+    for i in range(0, len(m), rows):
+        np.dot(m[i:i + rows], v, out=out[i:i + rows])
+    return out
+
+
 @contextmanager
 def _few_threads(active: bool = True) -> Iterator[None]:
     """Embed a few short texts on one torch thread.
@@ -483,17 +495,17 @@ class ChromaMemory:
         return thread_id is None or doc.scope == "user" or doc.thread_id == thread_id
 
     def dense(self, query: str, user_id: str, thread_id: str | None, k: int,
-              vector: list[float] | None = None) -> list[tuple[MemoryDoc, float]]:
+              vector: list[float] | None = None, scope: _Scope | None = None) -> list[tuple[MemoryDoc, float]]:
         """Cosine top-k within the user's (and thread's) scope."""
         vec = vector if vector is not None else self.embed_query(query)
         with self._lock:
-            scope = self._scope(user_id)
+            scope = scope if scope is not None else self._scope(user_id)
             if scope.with_vectors:
                 n = scope.bm25.size
                 if not n:
                     return []
                 mask = scope.visible(thread_id)
-                sims = scope.vecs[:n] @ np.asarray(vec, dtype=np.float32)
+                sims = _matvec(scope.vecs[:n], np.asarray(vec, dtype=np.float32))
                 sims[~mask] = -np.inf
                 n_visible = int(mask.sum())
                 if not n_visible:
@@ -513,13 +525,14 @@ class ChromaMemory:
             out.append((MemoryDoc.from_chroma(i, t or "", dict(m or {})), 1.0 - float(d)))
         return out
 
-    def sparse(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
+    def sparse(self, query: str, user_id: str, thread_id: str | None, k: int,
+               scope: _Scope | None = None) -> list[tuple[MemoryDoc, float]]:
         """BM25 top-k within the same scope (stemmed words; turns also match their speaker's name)."""
         q = stem(tokenize(query))
         if not q:
             return []
         with self._lock:
-            scope = self._scope(user_id)
+            scope = scope if scope is not None else self._scope(user_id)
             n = scope.bm25.size
             if not n:
                 return []
@@ -536,8 +549,11 @@ class ChromaMemory:
     def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0) -> list[Hit]:
         """Dense + BM25, each normalized over its candidates and added with weights; dense-only hits
         need a cosine of at least ``min_score``."""
-        dense = self.dense(query, user_id, thread_id, k)
-        sparse = self.sparse(query, user_id, thread_id, k)
+        vec = self.embed_query(query)
+        with self._lock:
+            scope = self._scope(user_id)
+            dense = self.dense(query, user_id, thread_id, k, vector=vec, scope=scope)
+            sparse = self.sparse(query, user_id, thread_id, k, scope=scope)
         hits: dict[str, Hit] = {}
         if dense:
             hi, lo = dense[0][1], dense[-1][1]
