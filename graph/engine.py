@@ -119,6 +119,9 @@ class Engine:
         exclude = exclude_ids or set()
         hits = [h for h in self.memory.search(query, user_id, thread_id, s.memory_candidates,
                                               min_score=s.memory_min_score) if h.doc.id not in exclude]
+        if hits:  # a hit far weaker than the best one is noise for this query
+            floor = MIN_RELATIVE_SCORE * hits[0].score
+            hits = [h for h in hits if h.score >= floor]
         hits = hits[: (top_k if top_k is not None else s.memory_top_k)]
         ranked = self._expand(hits, exclude) if s.memory_neighbours else hits
         return self._fill(ranked, budget_tokens)
@@ -187,6 +190,7 @@ class Engine:
         self.memory.add(docs)
 
 
+MIN_RELATIVE_SCORE = 0.3  # hits below this share of the best hit's score are dropped
 NEIGHBOUR_WEIGHT = 0.85  # a neighbour's score, relative to the hit it sits next to
 NEIGHBOUR_DECAY = 0.7  # and per further step away
 
