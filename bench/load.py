@@ -1,0 +1,409 @@
+"""Load: many conversations in parallel against one memchat server, checked for lost turns and cross-talk.
+
+``memchat bench load [--threads 50] [--turns 20] [--stream] [--url URL --key KEY] [--set KEY=VALUE] [--json]``
+
+Without ``--url`` it starts the SGLang stub LLM (``tests/sglang_stub.py``, a subprocess: near-zero LLM
+time, so the figures are memchat's own cost) and a memchat server on a temporary data dir (``memchat
+serve`` in a subprocess, or in this process with ``--server thread``), then ``--threads`` client threads each
+run one conversation of ``--turns`` turns through ``POST /v1/chat/completions`` with ``X-Thread-ID``.
+
+Every message starts with a marker naming its run, thread and turn (``[ab12-t007-n003]``). The stub echoes
+the start of the last user message, so each reply must carry its own thread's marker (when no recalled
+memory was put in front of the message; always with ``--strict``), and no reply may carry another
+thread's. Afterwards each thread's ``/v1/threads/{id}/memory`` must show exactly ``--turns`` turns, its own
+recent turns in order, and nothing of any other thread. Reported: turns per second, client latency
+p50/p95/p99 (and time to the first token with ``--stream``), errors, lost turns, cross-talk, and from the
+server's ``/metrics`` the LLM calls by kind and the cached-token ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.table import Table
+
+from bench.common import emit, parse_overrides, pct
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB = ROOT / "tests" / "sglang_stub.py"
+STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+
+
+# ---------------------------------------------------------------------------------------------
+# the stack: stub LLM + memchat server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False")):
+        env.setdefault(k, v)
+    return env
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def stub_llm() -> Iterator[str]:
+    """The SGLang stub in a subprocess; yields its ``/v1`` URL."""
+    if not STUB.exists():
+        raise SystemExit(f"the stub LLM ({STUB}) needs a source checkout; or pass --url of a running server")
+    proc = subprocess.Popen([sys.executable, str(STUB), "--port", "0"], stdout=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "READY":
+            raise SystemExit(f"the stub LLM did not start (got {line!r})")
+        yield f"{line[1]}/v1"
+    finally:
+        _stop(proc)
+
+
+def _wait_healthy(base: str, alive: Callable[[], bool], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not alive():
+            raise SystemExit("the memchat server exited while starting")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).json().get("status") == "ok":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the memchat server at {base} did not become healthy")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, Any], mode: str = "process",
+                   log: Path | None = None) -> Iterator[str]:
+    """A memchat server on ``llm_url``; yields its root URL. ``mode``: ``process`` (``memchat serve``) or
+    ``thread`` (uvicorn in a thread of this process)."""
+    settings: dict[str, Any] = {"llm_base_url": llm_url, "llm_model": STUB_MODEL, "data_dir": str(data_dir),
+                                "api_key": key, **overrides}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    if mode == "process":
+        env = _env()
+        env.update({f"MEMCHAT_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
+        env.setdefault("MEMCHAT_LOG_LEVEL", "WARNING")
+        out = log.open("ab") if log else subprocess.DEVNULL
+        proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_healthy(base, lambda: proc.poll() is None)
+            yield base
+        finally:
+            _stop(proc)
+            if log and not isinstance(out, int):
+                out.close()
+        return
+    import uvicorn
+
+    from graph.chat import MemChat
+    from graph.settings import Settings
+    from server.app import create_app
+
+    s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
+    app = create_app(s, MemChat(s))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True, name="memchat-bench-server")
+    thread.start()
+    try:
+        _wait_healthy(base, thread.is_alive)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+# ---------------------------------------------------------------------------------------------
+# the load
+
+
+@dataclass
+class Tally:
+    """What the client saw (shared by the worker threads)."""
+
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    crosstalk: int = 0
+    problems: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def problem(self, text: str, crosstalk: bool = True) -> None:
+        with self.lock:
+            if crosstalk:
+                self.crosstalk += 1
+            if len(self.problems) < 20:
+                self.problems.append(text)
+
+
+def marker(run: str, thread: int, turn: int) -> str:
+    """The marker that starts message ``turn`` (1-based) of ``thread``."""
+    return f"[{run}-t{thread:03d}-n{turn:03d}]"
+
+
+def _read_stream(resp: httpx.Response, t0: float) -> tuple[str, float | None]:
+    parts: list[str] = []
+    first: float | None = None
+    for line in resp.iter_lines():
+        if not line.startswith("data: {"):
+            continue
+        data = json.loads(line[6:])
+        if "error" in data:
+            raise RuntimeError(f"stream error: {data['error'].get('code')}")
+        for choice in data.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if first is None:
+                    first = time.perf_counter() - t0
+                parts.append(text)
+    return "".join(parts), first
+
+
+def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, users: int = 0, stream: bool = False,
+             echo: bool = True, strict: bool = False, run: str | None = None, timeout: float = 300.0,
+             warmup: bool = True, on_turn: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run ``threads`` conversations of ``turns`` turns in parallel against ``base``; check and measure.
+
+    ``echo``: the server's LLM echoes the last user message (the stub): replies must carry their own
+    marker when nothing recalled was put in front of the message (``strict``: always). ``users``: distinct
+    user ids (0: one per thread). ``warmup``: one untimed turn on a thread of its own first."""
+    run = run or secrets.token_hex(2)
+    pattern = re.compile(rf"\[{re.escape(run)}-t(\d{{3}})-n(\d{{3}})\]")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    tally = Tally()
+    tids = [f"load-{run}-{i:03d}" for i in range(threads)]
+    limits = httpx.Limits(max_connections=threads + 8, max_keepalive_connections=threads + 8)
+    client = httpx.Client(base_url=base, headers=headers, timeout=timeout, limits=limits)
+    if warmup:  # load the embedder, tokenizer and connections before the clock starts
+        client.post("/v1/chat/completions", headers={"X-Thread-ID": f"load-{run}-warmup"},
+                    json={"model": "memchat", "user": f"load-{run}-warmup",
+                          "messages": [{"role": "user", "content": "warm-up: how does this work?"}]})
+    before = _scrape(client)
+
+    def foreign(text: str, own: int) -> list[str]:
+        return [m.group(0) for m in pattern.finditer(text) if int(m.group(1)) != own]
+
+    def conversation(i: int) -> None:
+        user = f"load-{run}-u{(i % users) if users else i:03d}"
+        for n in range(1, turns + 1):
+            mark = marker(run, i, n)
+            body = {"model": "memchat", "user": user, "stream": stream,
+                    "messages": [{"role": "user", "content": f"{mark} question {n}: how does step {n} work?"}]}
+            t0 = time.perf_counter()
+            try:
+                if stream:
+                    with client.stream("POST", "/v1/chat/completions", json=body,
+                                       headers={"X-Thread-ID": tids[i]}) as resp:
+                        if resp.status_code != 200:
+                            resp.read()
+                            raise _Status(resp)
+                        reply, first = _read_stream(resp, t0)
+                        recalled = None
+                else:
+                    resp = client.post("/v1/chat/completions", json=body, headers={"X-Thread-ID": tids[i]})
+                    if resp.status_code != 200:
+                        raise _Status(resp)
+                    data = resp.json()
+                    reply, first = data["choices"][0]["message"]["content"] or "", None
+                    recalled = (data.get("memchat") or {}).get("retrieved")
+            except _Status as exc:
+                with tally.lock:
+                    tally.errors[str(exc.status)] += 1
+                tally.problem(f"{tids[i]} turn {n}: HTTP {exc.status} {exc.text[:160]}", crosstalk=False)
+                continue
+            except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
+                with tally.lock:
+                    tally.errors[type(exc).__name__] += 1
+                tally.problem(f"{tids[i]} turn {n}: {type(exc).__name__}: {exc}", crosstalk=False)
+                continue
+            elapsed = time.perf_counter() - t0
+            with tally.lock:
+                tally.ok += 1
+                tally.latencies.append(elapsed)
+                if first is not None:
+                    tally.ttfts.append(first)
+            if on_turn is not None:
+                on_turn()
+            for other in foreign(reply, i):
+                tally.problem(f"{tids[i]} turn {n}: the reply carries {other}")
+            if echo and (strict or recalled == 0) and mark not in reply:
+                tally.problem(f"{tids[i]} turn {n}: the reply lacks {mark}: {reply[:80]!r}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="load") as pool:
+        list(pool.map(conversation, range(threads)))
+    wall = time.perf_counter() - t0
+
+    lost = 0
+    for i, tid in enumerate(tids):  # what the server kept
+        r = client.get(f"/v1/threads/{tid}/memory")
+        if r.status_code != 200:
+            lost += turns
+            tally.problem(f"{tid}: /memory answered {r.status_code}", crosstalk=False)
+            continue
+        mem = r.json()
+        if mem["turns"] != turns:
+            lost += max(0, turns - int(mem["turns"]))
+            tally.problem(f"{tid}: {mem['turns']} turns kept, {turns} sent", crosstalk=False)
+        recent = mem.get("recent_turns") or []
+        expect = list(range(int(mem["turns"]) - len(recent) + 1, int(mem["turns"]) + 1))
+        if [t["turn"] for t in recent] != expect:
+            tally.problem(f"{tid}: recent turns {[t['turn'] for t in recent]}, expected {expect}")
+        for t in recent:
+            if not t["user"].startswith(marker(run, i, int(t["turn"]))):
+                tally.problem(f"{tid}: recent turn {t['turn']} is {t['user'][:40]!r}")
+        for item in mem.get("retrieved") or []:
+            if item.get("kind") == "turn" and item.get("thread_id") != tid:
+                tally.problem(f"{tid}: recalled a turn of {item.get('thread_id')}")
+        for other in foreign(json.dumps(mem, ensure_ascii=False), i):
+            tally.problem(f"{tid}: its memory holds {other}")
+    after = _scrape(client)
+    client.close()
+
+    lat = [x * 1000 for x in tally.latencies]
+    out: dict[str, Any] = {
+        "bench": "load", "run": run, "threads": threads, "turns_per_thread": turns, "stream": stream,
+        "turns_sent": threads * turns, "turns_ok": tally.ok, "errors": sum(tally.errors.values()),
+        "errors_by_kind": dict(tally.errors), "lost_turns": lost, "crosstalk": tally.crosstalk,
+        "wall_s": round(wall, 2), "turns_per_s": round(tally.ok / wall, 2) if wall else 0.0,
+        "latency_ms": {"p50": round(pct(lat, 50), 1), "p95": round(pct(lat, 95), 1), "p99": round(pct(lat, 99), 1),
+                       "max": round(max(lat), 1) if lat else 0.0},
+        "problems": tally.problems,
+    }
+    if tally.ttfts:
+        ttft = [x * 1000 for x in tally.ttfts]
+        out["ttft_ms"] = {"p50": round(pct(ttft, 50), 1), "p95": round(pct(ttft, 95), 1)}
+    if before is not None and after is not None:
+        calls = {k: after.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0) - before.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0)
+                 for k in ("respond", "summary")}
+        prompt = after.get("memchat_prompt_tokens_total", 0) - before.get("memchat_prompt_tokens_total", 0)
+        cached = after.get("memchat_cached_tokens_total", 0) - before.get("memchat_cached_tokens_total", 0)
+        out["server"] = {"llm_calls": {k: int(v) for k, v in calls.items()},
+                         "cached_token_ratio": round(cached / prompt, 4) if prompt else None,
+                         "prompt_tokens_per_turn": round(prompt / tally.ok, 1) if tally.ok else None}
+    return out
+
+
+class _Status(Exception):
+    def __init__(self, resp: httpx.Response) -> None:
+        super().__init__(resp.status_code)
+        self.status = resp.status_code
+        self.text = resp.text
+
+
+def _scrape(client: httpx.Client) -> dict[str, float] | None:
+    try:
+        r = client.get("/metrics")
+        if r.status_code != 200:
+            return None
+        from server.metrics import samples
+
+        return samples(r.text)
+    except (httpx.HTTPError, ValueError, ImportError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def table(res: dict[str, Any], where: str) -> Table:
+    """The result as a rich table."""
+    t = Table(title=f"memchat bench load — {res['threads']} threads × {res['turns_per_thread']} turns ({where})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [("turns ok / sent", f"{res['turns_ok']} / {res['turns_sent']}"),
+            ("turns per second", f"{res['turns_per_s']:.1f}"),
+            ("latency p50 / p95 / p99 (ms)",
+             f"{res['latency_ms']['p50']:.0f} / {res['latency_ms']['p95']:.0f} / {res['latency_ms']['p99']:.0f}"),
+            ("wall time (s)", f"{res['wall_s']:.1f}")]
+    if "ttft_ms" in res:
+        rows.append(("time to first token p50 / p95 (ms)", f"{res['ttft_ms']['p50']:.0f} / {res['ttft_ms']['p95']:.0f}"))
+    rows += [("errors", str(res["errors"])), ("lost turns", str(res["lost_turns"])), ("cross-talk", str(res["crosstalk"]))]
+    srv = res.get("server")
+    if srv:
+        rows.append(("LLM calls respond / summary", f"{srv['llm_calls']['respond']} / {srv['llm_calls']['summary']}"))
+        if srv.get("cached_token_ratio") is not None:
+            rows.append(("cached-token ratio (backend)", f"{srv['cached_token_ratio']:.1%}"))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``memchat bench load``; exit status 1 when a turn was lost, failed or crossed threads."""
+    ap = argparse.ArgumentParser(prog="memchat bench load", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--threads", type=int, default=50, help="conversations in parallel")
+    ap.add_argument("--turns", type=int, default=20, help="turns per conversation")
+    ap.add_argument("--users", type=int, default=0, help="distinct users (default: one per thread)")
+    ap.add_argument("--stream", action="store_true", help="stream the replies (SSE) and measure the first token")
+    ap.add_argument("--url", help="a running memchat server (default: start the stub LLM and a server here)")
+    ap.add_argument("--key", default=os.environ.get("MEMCHAT_API_KEY"), help="its API key (MEMCHAT_API_KEY)")
+    ap.add_argument("--no-echo", action="store_true", help="the server's LLM does not echo (a real model)")
+    ap.add_argument("--strict", action="store_true", help="every reply must carry its marker")
+    ap.add_argument("--server", choices=("process", "thread"), default="process",
+                    help="the local server: memchat serve in a subprocess, or uvicorn in a thread here")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    a = ap.parse_args(argv)
+    if a.threads < 1 or a.turns < 1:
+        ap.error("--threads and --turns must be at least 1")
+    kw = dict(threads=a.threads, turns=a.turns, users=a.users, stream=a.stream, strict=a.strict, timeout=a.timeout)
+    if a.url:
+        res = run_load(a.url.rstrip("/"), a.key, echo=not a.no_echo, **kw)  # type: ignore[arg-type]
+        where = a.url
+    else:
+        key = secrets.token_urlsafe(16)
+        with stub_llm() as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
+                memchat_server(llm, Path(d), key, parse_overrides(a.set), a.server) as base:
+            res = run_load(base, key, echo=True, **kw)  # type: ignore[arg-type]
+        where = f"stub LLM, memchat serve {'subprocess' if a.server == 'process' else 'in-process'}"
+        res["settings"] = parse_overrides(a.set)
+    res["where"] = where
+    res["cpus"] = os.cpu_count()
+    emit([table(res, where)], res, a.json, notes=[f"problem: {p}" for p in res["problems"][:10]])
+    return 0 if res["errors"] == 0 and res["lost_turns"] == 0 and res["crosstalk"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
