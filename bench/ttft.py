@@ -38,7 +38,7 @@ def first_token_s(llm: Any, messages: list[Message]) -> float:
     return first if first is not None else time.perf_counter() - t0
 
 
-def run(turns: int = 50, window: int = 10, max_tokens: int = 24, seed: int = 7, quiet: bool = False,
+def run(turns: int = 50, window: int = 10, max_tokens: int | None = None, seed: int = 7, quiet: bool = False,
         plot: bool = True) -> dict[str, Any]:
     """Run both layouts on the embedded server; returns the JSON payload."""
     from graph.chat import MemChat
@@ -49,8 +49,9 @@ def run(turns: int = 50, window: int = 10, max_tokens: int = 24, seed: int = 7, 
     msgs = conversation(turns, seed)
     rows: list[dict[str, Any]] = []
     with temp_data_dir("ttft") as tmp:
-        settings = bench_settings(tmp, llm_base_url="", llm_model="", llm_max_tokens=max_tokens,
-                                  llm_temperature=0.0, local_startup_timeout=300.0)
+        extra: dict[str, Any] = {"llm_max_tokens": max_tokens} if max_tokens else {}
+        settings = bench_settings(tmp, llm_base_url="", llm_model="", llm_temperature=0.0,
+                                  local_startup_timeout=300.0, **extra)
         try:
             t0 = time.perf_counter()
             ensure_local_server(settings)
@@ -100,6 +101,11 @@ def summarize(rows: list[dict[str, Any]], startup: float, plot: bool) -> dict[st
         "memchat_prompt_tokens_last": last["memchat_prompt_tokens"],
         "naive_prompt_tokens_last": last["naive_prompt_tokens"],
         "server_startup_s": round(startup, 1),
+        "memchat_reuse_last": last["prefix_reuse"],
+        "memchat_ttft_s_high_reuse_mean": round(mean([r["memchat_ttft_s"] for r in rows[1:] if r["prefix_reuse"] >= 0.8]), 4),
+        "naive_ttft_s_same_turns_mean": round(mean([r["naive_ttft_s"] for r in rows[1:] if r["prefix_reuse"] >= 0.8]), 4),
+        "memchat_ttft_s_low_reuse_mean": round(mean([r["memchat_ttft_s"] for r in rows[1:] if r["prefix_reuse"] < 0.8]), 4),
+        "low_reuse_turns": sum(1 for r in rows[1:] if r["prefix_reuse"] < 0.8),
         "per_turn": rows,
     }
     payload["target_met"] = payload["speedup_last"] >= TARGET_SPEEDUP
@@ -139,8 +145,12 @@ def table(p: dict[str, Any]) -> Table:
               f"{p['speedup_last']:.1f}× ({'≥' if p['target_met'] else '<'} {TARGET_SPEEDUP:.0f}× target)")
     t.add_row("TTFT, mean of the last 10 turns (s)", f"{p['memchat_ttft_s_last10_mean']:.3f}",
               f"{p['naive_ttft_s_last10_mean']:.3f}", f"{p['speedup_last10']:.1f}×")
-    t.add_row(f"prompt tokens at turn {p['turns']}", str(p["memchat_prompt_tokens_last"]),
-              str(p["naive_prompt_tokens_last"]), "")
+    t.add_row(f"prompt tokens at turn {p['turns']} (memchat reuse {p['memchat_reuse_last']:.2f})",
+              str(p["memchat_prompt_tokens_last"]), str(p["naive_prompt_tokens_last"]), "")
+    hi, nv = p["memchat_ttft_s_high_reuse_mean"], p["naive_ttft_s_same_turns_mean"]
+    t.add_row("TTFT on turns with prefix reuse ≥ 0.8 (s)", f"{hi:.3f}", f"{nv:.3f}", f"{nv / max(hi, 1e-6):.1f}×")
+    t.add_row(f"TTFT on the {p['low_reuse_turns']} turns with reuse < 0.8 (compaction, rebase) (s)",
+              f"{p['memchat_ttft_s_low_reuse_mean']:.3f}", "", "")
     return t
 
 
@@ -148,7 +158,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="memchat bench ttft", description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=50)
     ap.add_argument("--window", type=int, default=10, help="turns in the naive layout's sliding window")
-    ap.add_argument("--max-tokens", type=int, default=24, help="reply length cap of memchat's turns")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="reply length cap of memchat's turns (default: the settings' llm_max_tokens)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true")
