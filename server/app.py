@@ -37,6 +37,7 @@ from graph.observability import configure_logging, uvicorn_log_config
 from graph.persistence import ThreadBusy
 from graph.settings import Settings, get_settings
 from server import auth
+from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import ServerMetrics, TurnObserver
 from server.middleware import BodySizeMiddleware, RequestContextMiddleware
@@ -96,9 +97,22 @@ class Server:
         self.memchat = memchat
         self.probe_enabled = probe
         self.status = BackendStatus(state="starting" if probe else "ok")
-        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memchat-worker")
+        self._pool: ThreadPoolExecutor | None = None
         self._probe_lock = asyncio.Lock()
         self.metrics = ServerMetrics(memchat.engine.metrics, backend_up=lambda: self.status.state == "ok")
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The worker pool (made again after a shutdown: an app may be started more than once)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="memchat-worker")
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Stop the workers (running turns finish; queued work is dropped)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run sync work in the worker pool (with this request's context: its id reaches the logs)."""
@@ -469,14 +483,16 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         try:
             yield
         finally:
-            server.pool.shutdown(wait=False, cancel_futures=True)
+            server.close_pool()
 
     app = FastAPI(title="memchat", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible chat with long-term memory (threads via X-Thread-ID).")
     app.state.server = server
     app.state.memchat = memchat
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    # the last added is the outermost: request id and access log, then auth, then body limits
+    # the last added is the outermost: request id and access log, then auth, then body limits, then the
+    # check of graph inputs (only authenticated requests get that far)
+    app.add_middleware(GraphPrecheck, max_chars=settings.max_request_chars)
     app.add_middleware(BodySizeMiddleware, max_bytes=8 * settings.max_request_chars + (1 << 20))
     if api_key:
         app.add_middleware(auth.AuthMiddleware, api_key=api_key)

@@ -9,12 +9,16 @@ thread comes from the ``X-Thread-ID`` header (or ``config.configurable.thread_id
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.chat import MemChat
 from graph.llm import BackendError
@@ -86,6 +90,55 @@ def _checked_id(value: Any, what: str) -> str | None:
         raise GraphInputError(400, exc.message) from exc
 
 
+@dataclass
+class TurnArgs:
+    """A validated turn for the graph routes."""
+
+    thread_id: str
+    message: str
+    user_id: str | None
+    persona: str | None
+    llm_params: dict[str, Any] | None
+
+
+def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int) -> TurnArgs:
+    """Validate one graph input and its ``configurable``; raises :class:`GraphInputError` (400/413)."""
+    tid = _checked_id(conf.get("thread_id"), "thread_id")
+    if not tid:
+        raise GraphInputError(400, "a thread id is required (X-Thread-ID header or configurable.thread_id)")
+    raw = _field(inp, "messages") or []
+    try:
+        msgs: list[BaseMessage] = convert_to_messages(raw) if raw else []
+    except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+        raise GraphInputError(400, f"invalid messages: {exc}") from exc
+    human = next((m for m in reversed(msgs) if isinstance(m, HumanMessage)), None)
+    if human is None or not text_of(human).strip():
+        raise GraphInputError(400, "the input needs a non-empty user message")
+    message = text_of(human)
+    try:
+        check_text(message, "messages")
+    except APIError as exc:
+        raise GraphInputError(400, exc.message) from exc
+    if len(message) > max_chars:
+        raise GraphInputError(413, f"the user message has {len(message)} characters; the limit is {max_chars} "
+                                   "(MEMCHAT_MAX_REQUEST_CHARS)", code="message_too_long")
+    persona = _field(inp, "persona")
+    if persona is None and msgs and isinstance(msgs[0], SystemMessage):
+        persona = text_of(msgs[0]) or None
+    if persona is not None and not isinstance(persona, str):
+        raise GraphInputError(400, "persona must be a string")
+    if persona is not None:
+        try:
+            check_text(persona, "persona")
+        except APIError as exc:
+            raise GraphInputError(400, exc.message) from exc
+    user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
+    params = conf.get("llm_params")
+    if params is not None and not isinstance(params, dict):
+        raise GraphInputError(400, "configurable.llm_params must be an object")
+    return TurnArgs(tid, message, user, persona, params)
+
+
 def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
                    settings: Settings | None = None) -> Runnable[Any, Any]:
     """The graph as a runnable that runs one atomic MemChat turn per call (sync; async runs in a thread).
@@ -94,38 +147,11 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
     max_chars = (settings or memchat.settings).max_request_chars
 
     def run_turn(inp: Any, config: RunnableConfig) -> dict[str, Any]:
-        conf = dict(config.get("configurable") or {})
-        tid = _checked_id(conf.get("thread_id"), "thread_id")
-        if not tid:
-            raise GraphInputError(400, "a thread id is required (X-Thread-ID header or configurable.thread_id)")
-        raw = _field(inp, "messages") or []
-        try:
-            msgs: list[BaseMessage] = convert_to_messages(raw) if raw else []
-        except (ValueError, TypeError, NotImplementedError) as exc:
-            raise GraphInputError(400, f"invalid messages: {exc}") from exc
-        human = next((m for m in reversed(msgs) if isinstance(m, HumanMessage)), None)
-        if human is None or not text_of(human).strip():
-            raise GraphInputError(400, "the input needs a non-empty user message")
-        message = text_of(human)
-        try:
-            check_text(message, "messages")
-        except APIError as exc:
-            raise GraphInputError(400, exc.message) from exc
-        if len(message) > max_chars:
-            raise GraphInputError(413, f"the user message has {len(message)} characters; the limit is {max_chars} "
-                                       "(MEMCHAT_MAX_REQUEST_CHARS)", code="message_too_long")
-        persona = _field(inp, "persona")
-        if persona is None and msgs and isinstance(msgs[0], SystemMessage):
-            persona = text_of(msgs[0]) or None
-        if persona is not None and not isinstance(persona, str):
-            raise GraphInputError(400, "persona must be a string")
-        user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
-        params = conf.get("llm_params")
-        if params is not None and not isinstance(params, dict):
-            raise GraphInputError(400, "configurable.llm_params must be an object")
+        t = parse_turn(inp, dict(config.get("configurable") or {}), max_chars)
         obs = metrics.turn("graph") if metrics is not None else None
         try:
-            result = memchat.turn(tid, message, user_id=user, persona=persona, llm_params=params,
+            result = memchat.turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
+                                  llm_params=t.llm_params,
                                   on_token=(lambda _t: obs.token()) if obs is not None else None)
         except BaseException as exc:
             if obs is not None:
@@ -137,10 +163,77 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
             usage = dict(result.usage or {})
             obs.result({"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")},
                        result.cached_tokens)
-        return memchat.state(tid)
+        return memchat.state(t.thread_id)
 
     runnable: Runnable[Any, Any] = _TurnLambda(run_turn, name="memchat")
     return runnable.with_types(input_type=GraphInput, output_type=GraphOutput)
+
+
+class GraphPrecheck:
+    """Validates the turns sent to the graph's run routes before LangServe starts answering: LangServe's
+    ``stream_log`` / ``stream_events`` would otherwise send an error event and then raise after the
+    response started. Bodies it cannot read are left to LangServe (its 422)."""
+
+    def __init__(self, app: ASGIApp, max_chars: int, path: str = "/graph") -> None:
+        self.app = app
+        self.max_chars = max_chars
+        self.paths = {f"{path}{suffix}" for suffix in RUN_SUFFIXES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        error = self.check(body, Headers(scope=scope), scope["path"].endswith("/batch"))
+        if error is not None:
+            await APIError(error.status, error.message, code=error.code).response()(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def check(self, body: bytes, headers: Headers, batch: bool) -> GraphInputError | None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        try:
+            inputs = data.get("inputs") if batch else [data.get("input")]
+            configs = data.get("config")
+            if not isinstance(inputs, list):
+                return None
+            configs = configs if isinstance(configs, list) else [configs] * len(inputs)
+            for inp, config in zip(inputs, configs):
+                if not isinstance(inp, dict):
+                    return None
+                conf = (config or {}).get("configurable") if isinstance(config, dict) else None
+                conf = dict(conf) if isinstance(conf, dict) else {}
+                for header, key in (("x-thread-id", "thread_id"), ("x-user-id", "user_id")):
+                    if headers.get(header):
+                        conf[key] = headers[header]
+                parse_turn(inp, conf, self.max_chars)
+        except GraphInputError as exc:
+            return exc
+        except Exception:  # anything else is LangServe's to judge
+            return None
+        return None
 
 
 def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -164,7 +257,8 @@ def per_request_config(config: dict[str, Any], request: Request) -> dict[str, An
 
 def mount_graph(app: FastAPI, memchat: MemChat, metrics: ServerMetrics | None = None,
                 settings: Settings | None = None, path: str = "/graph") -> None:
-    """Mount the graph with ``langserve.add_routes``."""
+    """Mount the graph with ``langserve.add_routes`` (add :class:`GraphPrecheck` as the innermost
+    middleware too)."""
     from langserve import add_routes
 
     add_routes(app, graph_runnable(memchat, metrics, settings), path=path,
