@@ -128,8 +128,12 @@ def test_invalid_json_and_unicode_are_400(base: str) -> None:
     r = httpx.post(f"{base}/graph/invoke", json={"input": {"messages": [["user", "hi"]]}},
                    headers={**AUTH, "X-Thread-ID": "a/b"})
     assert r.status_code == 400
-    r = httpx.post(f"{base}/graph/invoke", json={"input": {"messages": []}}, headers={**AUTH, "X-Thread-ID": "g"})
-    assert r.status_code in (400, 422)
+    for route in ("invoke", "stream", "stream_log", "stream_events"):  # refused before any streaming starts
+        r = httpx.post(f"{base}/graph/{route}", json={"input": {"messages": []}}, headers={**AUTH, "X-Thread-ID": "g"})
+        assert r.status_code == 400 and "non-empty user message" in r.json()["error"]["message"], route
+    r = httpx.post(f"{base}/graph/batch", json={"inputs": [{"messages": [["user", "ok"]]}, {"messages": [["ai", "x"]]}]},
+                   headers={**AUTH, "X-Thread-ID": "g"})
+    assert r.status_code == 400
 
 
 def test_emoji_and_mixed_scripts_round_trip(base: str, stub: StubURL) -> None:
