@@ -371,7 +371,7 @@ async def observed(items: AsyncGenerator[Any, None], obs: TurnObserver, plan: Ch
                 "prompt_tokens": out.usage["prompt_tokens"], "completion_tokens": out.usage["completion_tokens"],
                 "cached_tokens": out.usage["prompt_tokens_details"]["cached_tokens"],
                 "message_chars": len(plan.message), "reply_chars": len(out.reply)})
-            turn_log.debug("turn content", extra={"message": plan.message, "reply": out.reply})
+            turn_log.debug("turn content", extra={"user_message": plan.message, "reply": out.reply})
             yield out
     except Exception as exc:
         err = _api_error(exc, plan.thread_id)
