@@ -229,3 +229,16 @@ def test_summary_timeouts_and_retrieval_failures_are_counted(tmp_path: Path) -> 
         again = httpx.get(f"{url}/v1/threads/tides/memory", headers=AUTH).json()
         assert again["l1"] == mem["l1"] and again["l2"] == mem["l2"] and again["turns"] == 3
         assert delta(metrics(url), m1, "memchat_summary_failures_total") == 1
+
+
+def test_error_mapping() -> None:
+    from graph.llm import BackendError, BackendTimeout
+    from graph.persistence import ThreadBusy
+    from server.app import _api_error
+
+    busy = _api_error(ThreadBusy("thread 't' is busy with another turn in another process"), "t")
+    assert busy.status == 409 and busy.code == "thread_busy" and "try again" in busy.message
+    assert _api_error(BackendTimeout("LLM backend timed out"), "t").status == 504
+    assert _api_error(BackendError("LLM backend failed"), None).status == 503
+    internal = _api_error(KeyError("x"), "t")
+    assert internal.status == 500 and internal.code == "internal_error"
