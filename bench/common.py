@@ -38,7 +38,7 @@ def out_dir() -> Path:
 
 def console() -> Console:
     """A stdout console wide enough that tables are not squeezed when piped."""
-    return Console(width=max(120, Console().width), soft_wrap=False)
+    return Console(width=max(140, Console().width), soft_wrap=False)
 
 
 def emit(tables: list[Table], payload: dict[str, Any], as_json: bool, notes: list[str] | None = None) -> None:

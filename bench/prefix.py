@@ -150,6 +150,8 @@ def summarize_rows(rows: list[dict[str, Any]], limit: int, window: int, counters
         "summary_calls_per_turn": round(summary_calls / max(1, n), 4),
         "prompt_tokens": {"mean": round(mean(toks), 1), "min": min(toks, default=0), "max": max(toks, default=0),
                           "p95": round(pct(toks, 95), 1), "limit": limit, "from_turn": 20 if n >= 20 else 1},
+        "prompt_tokens_drift": {  # flat = the last stretch is no bigger than the first one after warm-up
+            "first_100_mean": round(mean(toks[:100]), 1), "last_100_mean": round(mean(toks[-100:]), 1)},
         "naive_prompt_tokens": {"mean": round(mean(ntoks), 1), "min": min(ntoks, default=0),
                                 "max": max(ntoks, default=0), "window_turns": window},
         "rebased_turns": sum(1 for r in rows if r["rebased"]),
@@ -215,6 +217,9 @@ def table(p: dict[str, Any]) -> Table:
     t.add_row("summary calls / turn (amortized)", f"{p['summary_calls_per_turn']:.3f}", "0",
               f"≤ {TARGET_SUMMARY_PER_TURN} {'✓' if ok['summary_calls_per_turn<=0.25'] else '✗'}")
     t.add_row(f"prompt tokens from turn {pt['from_turn']}: mean", f"{pt['mean']:.0f}", f"{nt['mean']:.0f}", "")
+    d = p["prompt_tokens_drift"]
+    t.add_row("prompt tokens: first vs last 100 turns (mean)", f"{d['first_100_mean']:.0f} vs {d['last_100_mean']:.0f}",
+              "", "")
     t.add_row("prompt tokens: min – max", f"{pt['min']:.0f} – {pt['max']:.0f}", f"{nt['min']:.0f} – {nt['max']:.0f}",
               f"≤ {pt['limit']} {'✓' if ok['prompt_tokens_within_limit'] else '✗'}")
     t.add_row("prefix reuse on compaction turns (n)", f"{p['prefix_reuse_mean_compaction_turns']:.3f} "
