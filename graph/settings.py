@@ -48,9 +48,10 @@ class Settings(BaseSettings):
     max_message_tokens: int = Field(8000, gt=16, description="Longer user messages are truncated with a marker")
     l0_turns: int = Field(5, ge=1, description="Verbatim turns kept; L0 is compacted when it reaches 2x this")
     l2_threshold: int = Field(20, ge=1, description="Turns folded from L1 into the L2 JSON at once")
-    memory_top_k: int = Field(12, ge=0, description="Ranked hits considered per query (before neighbours)")
+    memory_turn_tokens: int = Field(0, ge=0, description="New recalled memory per turn; 0 = memory_tokens / l0_turns")
+    memory_top_k: int = Field(30, ge=0, description="Ranked hits considered per query (before neighbours)")
     memory_candidates: int = Field(50, ge=1, description="Candidates fetched from each retriever")
-    memory_neighbours: int = Field(1, ge=0, description="Adjacent turns added around a hit")
+    memory_neighbours: int = Field(2, ge=0, description="Adjacent turns added around a hit")
     memory_min_score: float = Field(0.2, description="Dense cosine floor for a hit found only by dense search")
     llm_extraction: bool = Field(False, description="Also extract facts with the LLM (batched at compaction)")
     ttl_turns_task: int = Field(40, ge=0, description="Turns without mention before a task expires (0 = never)")
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
         if self.embedded:
             limit = min(limit, self.local_n_ctx)
         return max(64, limit - self.generation_reserve)
+
+    @property
+    def turn_memory_budget(self) -> int:
+        """Tokens of newly recalled memory one turn may add (the window's blocks stay until compaction)."""
+        return min(self.memory_tokens, self.memory_turn_tokens or max(1, self.memory_tokens // self.l0_turns))
 
     def ttl_turns(self, kind: str) -> int:
         """Turn-based expiry for a slot kind (0 = never)."""

@@ -28,10 +28,13 @@ def retrieve(state: State, config: RunnableConfig, *, engine: Engine | None = No
     turn = int(state.get("turn") or 0) + 1
     exclude |= {msg_id(tid, 2 * turn - 1), msg_id(tid, 2 * turn)}  # the current turn (a retried one)
     sticky = sum(eng.tokenizer.count(memory_line(m)) + 1 for t in turns for m in t.memories)
-    budget = s.memory_tokens - sticky
-    rebase = sticky > 0 and budget < s.memory_tokens // 2
+    # Each turn adds at most the per-turn share; the blocks stay (append-only) until the next compaction,
+    # which strips them for free. Only if the window's memory is used up is it dropped early (a rebase).
+    per_turn = s.turn_memory_budget
+    budget = min(per_turn, s.memory_tokens - sticky)
+    rebase = sticky > 0 and budget < per_turn // 2
     if rebase:
-        budget = s.memory_tokens
+        budget = per_turn
     else:
         exclude |= shown
     try:

@@ -128,7 +128,9 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
         pending += [{"text": f, "turn": fold[-1].turn} for f in facts]
         update["messages"] = [RemoveMessage(id=str(m.id)) for pair in fold_pairs for m in pair]
         keep = {t.turn for t in turns[n:]}
-        update["l0_meta"] = [m for m in (state.get("l0_meta") or []) if int(m.get("turn", 0)) in keep]
+        # the compaction re-renders everything after L1 anyway: drop the kept turns' memory blocks now
+        update["l0_meta"] = [dict(m, memories=[]) for m in (state.get("l0_meta") or [])
+                             if int(m.get("turn", 0)) in keep]
     due = l1_coverage(l1) >= s.l2_threshold + n or (state.get("l2_requested") and l1)
     if due:
         take, covered = [], 0
