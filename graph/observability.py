@@ -135,6 +135,7 @@ def configure_logging(fmt: str | None = None, level: str | int | None = None) ->
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(min(level, logging.WARNING))
+    logging.captureWarnings(True)  # Python warnings become log lines too (logger py.warnings)
     logging.getLogger("memchat").setLevel(level)
     for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "chromadb", "sentence_transformers",
                  "transformers", "urllib3", "langchain", "langserve"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,9 +178,13 @@ def test_formatters_and_logging_setup(capsys: pytest.CaptureFixture[str]) -> Non
         configure_logging("json", "INFO")
         logging.getLogger("memchat.setup").info("hello %s", "world", extra={"k": 1})
         logging.getLogger("httpx").info("not shown: libraries log warnings only")
-        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
-        assert [x["msg"] for x in lines] == ["hello world"] and lines[0]["k"] == 1
+        warnings.warn("a library warning", DeprecationWarning, stacklevel=1)
+        err = capsys.readouterr().err.splitlines()
+        lines = [json.loads(x) for x in err]  # every line is JSON
+        assert lines[0]["msg"] == "hello world" and lines[0]["k"] == 1 and len(lines) == 2
+        assert lines[1]["logger"] == "py.warnings" and "a library warning" in lines[1]["msg"]
     finally:
+        logging.captureWarnings(False)
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         logging.getLogger("memchat").setLevel(saved[2])
