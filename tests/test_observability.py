@@ -178,7 +178,7 @@ def test_formatters_and_logging_setup(capsys: pytest.CaptureFixture[str]) -> Non
         configure_logging("json", "INFO")
         logging.getLogger("memchat.setup").info("hello %s", "world", extra={"k": 1})
         logging.getLogger("httpx").info("not shown: libraries log warnings only")
-        warnings.warn("a library warning", DeprecationWarning, stacklevel=1)
+        warnings.warn("a library warning", UserWarning, stacklevel=1)
         err = capsys.readouterr().err.splitlines()
         lines = [json.loads(x) for x in err]  # every line is JSON
         assert lines[0]["msg"] == "hello world" and lines[0]["k"] == 1 and len(lines) == 2
