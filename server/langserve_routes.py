@@ -172,7 +172,7 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
 class GraphPrecheck:
     """Validates the turns sent to the graph's run routes before LangServe starts answering: LangServe's
     ``stream_log`` / ``stream_events`` would otherwise send an error event and then raise after the
-    response started. Bodies it cannot read are left to LangServe (its 422)."""
+    response started. A body that is not JSON is a 400; other shapes are left to LangServe (its 422)."""
 
     def __init__(self, app: ASGIApp, max_chars: int, path: str = "/graph") -> None:
         self.app = app
@@ -210,8 +210,8 @@ class GraphPrecheck:
     def check(self, body: bytes, headers: Headers, batch: bool) -> GraphInputError | None:
         try:
             data = json.loads(body)
-        except ValueError:
-            return None
+        except ValueError:  # not JSON, or not UTF-8: LangServe would fail on it with a 500
+            return GraphInputError(400, "the request body is not valid JSON")
         if not isinstance(data, dict):
             return None
         try:

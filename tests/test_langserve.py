@@ -83,3 +83,12 @@ def test_same_auth_as_the_api(base: str) -> None:
     schema = httpx.get(f"{base}/graph/input_schema", headers=AUTH).json()
     assert "messages" in schema["properties"]
     assert httpx.get(f"{base}/graph/playground/", headers=AUTH).status_code == 200
+
+
+def test_body_that_is_not_json_is_400(base: str) -> None:
+    """Bytes that are not UTF-8 JSON (found by schemathesis) are a 400 on every run route, not a 500."""
+    headers = {**AUTH, "Content-Type": "application/json", "X-Thread-ID": "ls-bad"}
+    for route in ("invoke", "batch", "stream", "stream_log", "stream_events"):
+        r = httpx.post(f"{base}/graph/{route}", content=b"\xff\xfe0x\x1a", headers=headers)
+        assert r.status_code == 400, (route, r.status_code, r.text)
+        assert "not valid JSON" in r.json()["error"]["message"]
