@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.store.base import BaseStore
 
 from graph.settings import Settings
+
+T = TypeVar("T")
 
 PG_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://")
 PG_CONNECT_TIMEOUT = 10
@@ -120,19 +122,24 @@ def _locked_setup(pool: Any, setup: Callable[[], None], timeout: float = SETUP_L
             conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_KEY,))
 
 
+def _pg_backed(settings: Settings, name: str, make: Callable[[Any], T]) -> T:
+    """A PostgreSQL-backed object on its own pool, its schema set up under the migration lock."""
+    pool = _pg_pool(settings, name)
+    obj = make(pool)
+    try:
+        _locked_setup(pool, obj.setup)  # type: ignore[attr-defined]
+    except Exception:
+        pool.close()
+        raise
+    return obj
+
+
 def make_checkpointer(settings: Settings) -> BaseCheckpointSaver[Any]:
     """``SqliteSaver`` at ``<data dir>/checkpoints.sqlite`` or ``PostgresSaver`` for a postgres URL."""
     if is_postgres(settings):
         from langgraph.checkpoint.postgres import PostgresSaver
 
-        pool = _pg_pool(settings, "checkpoints")
-        saver = PostgresSaver(pool)
-        try:
-            _locked_setup(pool, saver.setup)
-        except Exception:
-            pool.close()
-            raise
-        return saver
+        return _pg_backed(settings, "checkpoints", PostgresSaver)
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     saver_s = SqliteSaver(_sqlite_conn(_sqlite_path(settings, "checkpoints")))
@@ -145,14 +152,7 @@ def make_store(settings: Settings) -> BaseStore:
     if is_postgres(settings):
         from langgraph.store.postgres import PostgresStore
 
-        pool = _pg_pool(settings, "store")
-        store = PostgresStore(pool)
-        try:
-            _locked_setup(pool, store.setup)
-        except Exception:
-            pool.close()
-            raise
-        return store
+        return _pg_backed(settings, "store", PostgresStore)
     from langgraph.store.sqlite import SqliteStore
 
     store_s = SqliteStore(_sqlite_conn(_sqlite_path(settings, "store"), autocommit=True))
