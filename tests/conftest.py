@@ -20,6 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
+@pytest.fixture(scope="module")
+def stub() -> Iterator[str]:
+    """One SGLang-protocol stub LLM server per test module (modules needing a key define their own)."""
+    from tests.sglang_stub import run_stub
+
+    with run_stub() as url:
+        yield url
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings isolated in a temp data dir, pointing at no real LLM."""

@@ -21,7 +21,7 @@ from sglang_stub import DEFAULT_MODEL, StubURL, run_stub  # noqa: E402
 
 STUB_MODEL = DEFAULT_MODEL
 
-__all__ = ["STUB_MODEL", "StubURL", "run_stub", "serve_app", "free_port"]
+__all__ = ["STUB_MODEL", "StubURL", "run_stub", "serve_app", "serve_memchat", "free_port"]
 
 
 def free_port() -> int:
@@ -56,3 +56,16 @@ def serve_app(app: Any, timeout: float = 120.0) -> Iterator[str]:
         thread.join(10)
         with contextlib.suppress(OSError):
             sock.close()
+
+
+@contextlib.contextmanager
+def serve_memchat(stub: str, data_dir: Path, **overrides: Any) -> Iterator[str]:
+    """A memchat server over the stub LLM with its own data dir; ``overrides`` are Settings fields."""
+    from graph.chat import MemChat
+    from graph.settings import Settings
+    from server.app import create_app
+
+    settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=data_dir, _env_file=None,  # type: ignore[call-arg]
+                        **overrides)
+    with serve_app(create_app(settings, MemChat(settings))) as url:
+        yield url

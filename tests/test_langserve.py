@@ -9,26 +9,15 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langserve import RemoteRunnable
 
-from graph.chat import MemChat
-from graph.settings import Settings
-from server.app import create_app
-from tests.serving import STUB_MODEL, StubURL, run_stub, serve_app
+from tests.serving import StubURL, serve_memchat
 
 KEY = "sk-langserve"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[StubURL]:
-    with run_stub() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def base(stub: StubURL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=tmp_path_factory.mktemp("ls"),
-                        api_key=KEY, llm_max_retries=0, _env_file=None)  # type: ignore[call-arg]
-    with serve_app(create_app(settings, MemChat(settings))) as url:
+    with serve_memchat(stub, tmp_path_factory.mktemp("ls"), api_key=KEY, llm_max_retries=0) as url:
         yield url
 
 

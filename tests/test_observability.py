@@ -14,7 +14,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from graph.chat import MemChat
 from graph.observability import (
     JSONFormatter,
     TextFormatter,
@@ -22,10 +21,8 @@ from graph.observability import (
     request_id_var,
     uvicorn_log_config,
 )
-from graph.settings import Settings
-from server.app import create_app
 from server.metrics import samples
-from tests.serving import STUB_MODEL, StubURL, run_stub, serve_app
+from tests.serving import StubURL, serve_memchat
 
 KEY = "sk-observe"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -33,16 +30,8 @@ SECRET = "SECRET-CONTENT-4242 my passport number is X99-1234"
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[StubURL]:
-    with run_stub() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def base(stub: StubURL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=tmp_path_factory.mktemp("obs"), api_key=KEY,
-                        l0_turns=1, llm_max_retries=0, _env_file=None)  # type: ignore[call-arg]
-    with serve_app(create_app(settings, MemChat(settings))) as url:
+    with serve_memchat(stub, tmp_path_factory.mktemp("obs"), api_key=KEY, l0_turns=1, llm_max_retries=0) as url:
         yield url
 
 

@@ -29,7 +29,7 @@ import pytest
 from graph.chat import MemChat
 from graph.settings import Settings
 from server.app import create_app
-from tests.serving import STUB_MODEL, StubURL, run_stub, serve_app
+from tests.serving import STUB_MODEL, StubURL, serve_app
 
 KEY = "sk-isolation"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -95,12 +95,6 @@ def check_item(item: dict[str, Any], user: User, thread: str | None) -> None:
     else:
         assert item.get("kind") == "fact", item
         assert any(text in sent for sent in user.sent), (user.uid, item)  # a sentence this user said
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubURL]:
-    with run_stub() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

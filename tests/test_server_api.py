@@ -23,19 +23,12 @@ from graph.settings import Settings
 from server.app import create_app
 from server.stateless import bm25_recall, build_prompt, pair_turns
 from tests.fakes import ScriptedChatModel
-from tests.serving import STUB_MODEL, StubURL, free_port, run_stub, serve_app
+from tests.serving import STUB_MODEL, StubURL, free_port, serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-memchat-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_CHARS = 20_000
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StubURL]:
-    """One stub LLM server for the module."""
-    with run_stub() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
