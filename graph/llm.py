@@ -21,6 +21,26 @@ class BackendTimeout(BackendError):
     """The LLM backend did not answer within ``MEMCHAT_LLM_TIMEOUT`` (maps to HTTP 504)."""
 
 
+class BackendRejected(BackendError):
+    """The backend refused the request because of what the client asked for (its 400/413/422: e.g.
+    ``max_tokens`` beyond the context window); maps to HTTP 400 with the backend's message."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BackendBusy(BackendError):
+    """The backend is rate limiting (its 429); maps to HTTP 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+CLIENT_FAULT_STATUSES = (400, 413, 422)
+
+
 @dataclass
 class BackendInfo:
     """What the backend says it serves."""
@@ -111,14 +131,53 @@ def cached_tokens(message: BaseMessage) -> int | None:
     return int(value) if value is not None else None
 
 
+def _backend_message(exc: Any) -> str:
+    """The backend's own error message (OpenAI / SGLang / vLLM error bodies), at most 500 characters."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        msg = inner.get("message")
+        if isinstance(msg, str) and msg.strip():
+            return msg.strip()[:500]
+    return str(getattr(exc, "message", None) or exc)[:500]
+
+
+def _retry_after(exc: Any) -> int:
+    """Seconds from the backend's ``Retry-After`` header (1 to 600; 1 when absent or not a number)."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(600, max(1, int(float(value)))) if value else 1
+    except ValueError:
+        return 1
+
+
+def _status_error(exc: BaseException, kind: type[Any]) -> Any:
+    """The HTTP status error of the backend behind ``exc`` (itself, or its cause when a wrapper re-raised it)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def classify_error(exc: BaseException) -> BackendError:
-    """Map a client exception to :class:`BackendError` / :class:`BackendTimeout`."""
+    """Map a client exception to :class:`BackendError` and its kinds: :class:`BackendTimeout`,
+    :class:`BackendRejected` (the backend refused what the client asked for), :class:`BackendBusy` (429).
+    401/403 stay plain :class:`BackendError`: a wrong backend key is the server's misconfiguration."""
     import openai
 
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException, TimeoutError)):
         return BackendTimeout(f"LLM backend timed out: {exc}")
+    status = _status_error(exc, openai.APIStatusError)
+    if status is not None and status.status_code in CLIENT_FAULT_STATUSES:
+        return BackendRejected(f"the LLM backend rejected the request: {_backend_message(status)}",
+                               status.status_code)
+    if status is not None and status.status_code == 429:
+        return BackendBusy(f"the LLM backend is rate limiting: {_backend_message(status)}", _retry_after(status))
     return BackendError(f"LLM backend failed: {type(exc).__name__}: {exc}")
 
 

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # --- server ----------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="When set, the HTTP API needs Bearer auth")
     max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
+    allowed_hosts: str = Field("", description="Comma-separated Host names the server answers to besides "
+                               "loopback (name, name:port, .suffix, *); see server/guard.py")
 
     @field_validator("llm_base_url")
     @classmethod

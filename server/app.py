@@ -31,12 +31,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from graph.chat import MemChat, TurnResult
-from graph.llm import BackendError, BackendInfo, BackendTimeout, classify_error, probe_backend
+from graph.llm import (
+    BackendBusy,
+    BackendError,
+    BackendInfo,
+    BackendRejected,
+    BackendTimeout,
+    classify_error,
+    probe_backend,
+)
 from graph.local_server import LLMStartupError
-from graph.observability import configure_logging, uvicorn_log_config
+from graph.observability import configure_logging, request_id_var, uvicorn_log_config
 from graph.persistence import ThreadBusy
 from graph.settings import Settings, get_settings
 from server import auth
+from server.guard import RequestGuardMiddleware, parse_allowed_hosts
 from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import ServerMetrics, TurnObserver
@@ -50,6 +59,7 @@ from server.schemas import (
     check_text,
     chunk_body,
     completion_body,
+    internal_error,
     message_text,
     new_completion_id,
     usage_block,
@@ -190,10 +200,15 @@ def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
             exc = classify_error(exc)
     if isinstance(exc, BackendTimeout):
         return APIError(504, f"{exc}{note}", type="server_error", code="backend_timeout")
-    if isinstance(exc, BackendError):
+    if isinstance(exc, BackendRejected):  # the client asked for something the backend refuses: not retryable
+        return APIError(400, f"{exc}{note}", code="backend_rejected")
+    if isinstance(exc, BackendBusy):
+        return APIError(503, f"{exc}{note}", type="server_error", code="backend_busy",
+                        headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, BackendError):  # unreachable, failing, or refusing our key (401/403): the server's
         return APIError(503, f"{exc}{note}", type="server_error", code="backend_unavailable")
-    log.exception("request failed", exc_info=exc)
-    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
+    log.error("request failed", exc_info=exc)
+    return internal_error(request_id_var.get())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,12 +505,16 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     app.state.server = server
     app.state.memchat = memchat
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    # the last added is the outermost: request id and access log, then auth, then body limits, then the
-    # check of graph inputs (only authenticated requests get that far)
+    revocations = auth.SessionRevocations(memchat.store)
+    # the last added is the outermost: request id and access log, then auth, then the Host / origin /
+    # content-type guard, then body limits, then the check of graph inputs (only authenticated requests get
+    # that far)
     app.add_middleware(GraphPrecheck, max_chars=settings.max_request_chars)
     app.add_middleware(BodySizeMiddleware, max_bytes=8 * settings.max_request_chars + (1 << 20))
+    app.add_middleware(RequestGuardMiddleware, allowed_hosts=parse_allowed_hosts(settings.allowed_hosts),
+                       keyless=not api_key)
     if api_key:
-        app.add_middleware(auth.AuthMiddleware, api_key=api_key)
+        app.add_middleware(auth.AuthMiddleware, api_key=api_key, revocations=revocations)
     app.add_middleware(RequestContextMiddleware, metrics=server.metrics)
 
     # ---- errors: OpenAI-shaped under /v1 ----
@@ -562,8 +581,8 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
 
     @app.post("/logout", tags=["meta"])
     async def logout(request: Request) -> Response:
-        """Drop the session cookie."""
-        return auth.logout(request)
+        """Sign out: revoke the session token of the cookie and drop the cookie."""
+        return await auth.logout(request, revocations)
 
     @app.get("/v1/models", tags=["openai"])
     async def models() -> dict[str, Any]:
@@ -669,8 +688,8 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     configure_logging(fmt, level)
     settings = get_settings()
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-        log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory",
-                    host)
+        log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory "
+                    "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=level.lower(), access_log=False,
                 log_config=uvicorn_log_config(fmt, level), timeout_graceful_shutdown=5)
 

@@ -3,8 +3,9 @@
 Every route needs the key except ``GET /health`` and ``POST /login`` (which checks the key itself and
 answers 401 when it is missing or wrong). ``POST /login`` takes the key (form field or JSON ``key``),
 compares it with :func:`hmac.compare_digest` and sets an HttpOnly, ``SameSite=Strict`` cookie holding a
-signed, expiring session token (HMAC-SHA256 of the expiry under the key: the key itself is not stored in
-the browser; changing ``MEMCHAT_API_KEY`` signs everyone out). The cookie may also hold the key itself.
+signed, expiring session token (HMAC-SHA256 of the expiry and a nonce under the key: the key itself is not
+stored in the browser; changing ``MEMCHAT_API_KEY`` signs everyone out). ``POST /logout`` revokes the token
+(:class:`SessionRevocations`, in the store). The cookie may also hold the key itself.
 
 ``GET /`` without credentials, and any ``GET`` of a browser navigating (``Accept: text/html``), gets a
 401 with a small self-contained login form instead of the JSON error. Requests authenticated by the cookie that change
@@ -15,10 +16,13 @@ request forgery.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
 import json
+import logging
+import secrets
 import time
 from http.cookies import SimpleCookie
 from typing import Any
@@ -30,6 +34,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.schemas import APIError
+
+log = logging.getLogger("memchat.server")
 
 COOKIE_NAME = "memchat_key"
 SESSION_SECONDS = 7 * 24 * 3600
@@ -57,28 +63,64 @@ def is_public(method: str, path: str) -> bool:
 # ---- session tokens ------------------------------------------------------------------------------
 
 
-def _sign(key: bytes, expires: int) -> str:
-    return hmac.new(key, f"memchat-session:{expires}".encode(), hashlib.sha256).hexdigest()
+def _sign(key: bytes, expires: int, nonce: str) -> str:
+    return hmac.new(key, f"memchat-session:{expires}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def session_token(key: bytes, now: float | None = None, ttl: int = SESSION_SECONDS) -> str:
-    """A signed session token valid for ``ttl`` seconds."""
+    """A signed session token valid for ``ttl`` seconds (with a random nonce: each sign-in gets its own
+    token, which ``/logout`` can revoke alone)."""
     expires = int((time.time() if now is None else now) + ttl)
-    return f"{_TOKEN_PREFIX}{expires}.{_sign(key, expires)}"
+    nonce = secrets.token_hex(8)
+    return f"{_TOKEN_PREFIX}{expires}.{nonce}.{_sign(key, expires, nonce)}"
+
+
+def _token_expiry(value: str) -> int | None:
+    """The expiry of a well-formed session token (ASCII digits only: ``str.isdigit`` alone accepts "²")."""
+    exp = value[len(_TOKEN_PREFIX):].partition(".")[0] if value.startswith(_TOKEN_PREFIX) else ""
+    return int(exp) if exp.isascii() and exp.isdigit() and len(exp) <= 12 else None
 
 
 def valid_cookie(key: bytes, value: str, now: float | None = None) -> bool:
     """The cookie holds an unexpired session token signed with ``key``, or the key itself."""
-    raw = value.encode()
-    if hmac.compare_digest(raw, key):
+    if hmac.compare_digest(value.encode(), key):
         return True
-    if not value.startswith(_TOKEN_PREFIX):
+    expires = _token_expiry(value)
+    parts = value[len(_TOKEN_PREFIX):].split(".")
+    if expires is None or len(parts) != 3:
         return False
-    exp, _, sig = value[len(_TOKEN_PREFIX):].partition(".")
-    if not exp.isdigit() or len(exp) > 12:
-        return False
-    ok = hmac.compare_digest(sig.encode(), _sign(key, int(exp)).encode())
-    return ok and int(exp) > (time.time() if now is None else now)
+    ok = hmac.compare_digest(parts[2].encode(), _sign(key, expires, parts[1]).encode())
+    return ok and expires > (time.time() if now is None else now)
+
+
+class SessionRevocations:
+    """Session tokens signed out before they expire, kept in the LangGraph store (``None``: in memory only)
+    so that every replica over the same store refuses them. Only a hash of the token is stored."""
+
+    NAMESPACE = ("memchat", "revoked_sessions")
+
+    def __init__(self, store: Any | None = None) -> None:
+        self.store = store
+        self._local: dict[str, int] = {}
+
+    @staticmethod
+    def _id(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def revoke(self, token: str) -> None:
+        """Refuse ``token`` from now on (until it would have expired anyway)."""
+        expires = _token_expiry(token) or int(time.time()) + SESSION_SECONDS
+        self._local[self._id(token)] = expires
+        if self.store is not None:
+            self.store.put(self.NAMESPACE, self._id(token), {"expires": expires})
+
+    def is_revoked(self, token: str) -> bool:
+        """Whether ``token`` was signed out (here or on another replica sharing the store)."""
+        if self._id(token) in self._local:
+            return True
+        if self.store is None:
+            return False
+        return self.store.get(self.NAMESPACE, self._id(token)) is not None
 
 
 def _cookie_value(headers: Headers) -> str | None:
@@ -157,9 +199,22 @@ class AuthMiddleware:
     """401 for every request without valid credentials, except the public routes (an ASGI middleware,
     so it also covers the LangServe routes, mounted apps and unknown paths)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, revocations: SessionRevocations | None = None) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.revocations = revocations or SessionRevocations()
+
+    async def _session_ok(self, cookie: str) -> bool:
+        """A valid cookie whose session was not signed out."""
+        if not valid_cookie(self.key, cookie):
+            return False
+        if not cookie.startswith(_TOKEN_PREFIX):
+            return True  # the key itself: only changing MEMCHAT_API_KEY revokes it
+        try:
+            return not await asyncio.to_thread(self.revocations.is_revoked, cookie)
+        except Exception:  # the store is unreachable: no session rather than a 500
+            log.warning("session revocation check failed", exc_info=True)
+            return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
@@ -172,7 +227,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         cookie = _cookie_value(headers)
-        if cookie and valid_cookie(self.key, cookie):
+        if cookie and await self._session_ok(cookie):
             if scope["method"] not in SAFE_METHODS and not _same_origin(headers):
                 err = APIError(403, "cross-origin request refused (the session cookie only works from this "
                                "server's own pages; send 'Authorization: Bearer <key>' instead)",
@@ -252,8 +307,12 @@ async def login(request: Request, api_key: str | None) -> Response:
     return response
 
 
-def logout(request: Request) -> Response:
-    """``POST /logout``: drop the session cookie (form: 303 to ``/``; otherwise 200)."""
+async def logout(request: Request, revocations: SessionRevocations | None = None) -> Response:
+    """``POST /logout``: revoke the session token of the cookie (it stops working on every replica sharing
+    the store) and drop the cookie (form: 303 to ``/``; otherwise 200)."""
+    token = _cookie_value(request.headers)
+    if revocations is not None and token and token.startswith(_TOKEN_PREFIX):
+        await asyncio.to_thread(revocations.revoke, token)
     ctype = request.headers.get("content-type", "")
     response: Response = (RedirectResponse("/", 303) if ctype.startswith("application/x-www-form-urlencoded")
                           else JSONResponse({"ok": True}))

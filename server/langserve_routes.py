@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Request
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig, RunnableLambda
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,9 +25,10 @@ from graph.llm import BackendError
 from graph.settings import Settings
 from nodes.common import text_of
 from server.metrics import ServerMetrics
-from server.schemas import APIError, GraphInputError, check_id, check_text
+from server.schemas import APIError, GraphInputError, LLMParams, check_id, check_text
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
+MAX_JSON_DEPTH = 64  # far more than a turn needs; deep bodies crash parsers and validators (RecursionError)
 
 
 def _coerce_messages(value: Any) -> Any:
@@ -109,8 +110,8 @@ def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int) -> TurnArgs:
     raw = _field(inp, "messages") or []
     try:
         msgs: list[BaseMessage] = convert_to_messages(raw) if raw else []
-    except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
-        raise GraphInputError(400, f"invalid messages: {exc}") from exc
+    except (ValueError, TypeError, KeyError, NotImplementedError, RecursionError) as exc:
+        raise GraphInputError(400, f"invalid messages: {str(exc)[:300]}") from exc
     human = next((m for m in reversed(msgs) if isinstance(m, HumanMessage)), None)
     if human is None or not text_of(human).strip():
         raise GraphInputError(400, "the input needs a non-empty user message")
@@ -133,10 +134,23 @@ def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int) -> TurnArgs:
         except APIError as exc:
             raise GraphInputError(400, exc.message) from exc
     user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
-    params = conf.get("llm_params")
-    if params is not None and not isinstance(params, dict):
+    return TurnArgs(tid, message, user, persona, check_llm_params(conf.get("llm_params")))
+
+
+def check_llm_params(params: Any) -> dict[str, Any] | None:
+    """``configurable.llm_params`` validated like the OpenAI route's parameters (400 when ill-typed)."""
+    if params is None:
+        return None
+    if not isinstance(params, dict):
         raise GraphInputError(400, "configurable.llm_params must be an object")
-    return TurnArgs(tid, message, user, persona, params)
+    try:
+        return LLMParams.model_validate(params).params() or None
+    except ValidationError as exc:
+        errs = exc.errors()
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errs[:3])
+        raise GraphInputError(400, f"invalid configurable.llm_params: {where}") from exc
+    except APIError as exc:
+        raise GraphInputError(400, f"invalid configurable.llm_params: {exc.message}") from exc
 
 
 def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
@@ -208,10 +222,14 @@ class GraphPrecheck:
         await self.app(scope, replay, send)
 
     def check(self, body: bytes, headers: Headers, batch: bool) -> GraphInputError | None:
+        """The error to answer for this body, or ``None`` to let it through. A batch is checked whole, so
+        that one bad item refuses the batch before any item runs (the good ones would commit)."""
         try:
             data = json.loads(body)
-        except ValueError:  # not JSON, or not UTF-8: LangServe would fail on it with a 500
-            return GraphInputError(400, "the request body is not valid JSON")
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep for the parser
+            return GraphInputError(400, "the request body is not valid JSON (or is nested too deeply)")
+        if json_depth(data) > MAX_JSON_DEPTH:
+            return GraphInputError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(data, dict):
             return None
         try:
@@ -234,6 +252,17 @@ class GraphPrecheck:
         except Exception:  # anything else is LangServe's to judge
             return None
         return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in parsed JSON (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.observability import clean_request_id, request_id_var
 from server.metrics import ServerMetrics
-from server.schemas import APIError
+from server.schemas import APIError, internal_error
 
 access_log = logging.getLogger("memchat.access")
 log = logging.getLogger("memchat.server")
@@ -58,8 +58,7 @@ class RequestContextMiddleware:
             log.exception("unhandled error")
             if status:  # the response had started: nothing more can be sent
                 raise
-            await APIError(500, "internal error", type="server_error", code="internal_error").response()(
-                scope, receive, send_with_id)
+            await internal_error(rid).response()(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - t0
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
@@ -96,7 +95,7 @@ class BodySizeMiddleware:
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
-        if length and length.isdigit() and int(length) > self.max_bytes:
+        if length and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
             exc = BodyTooLarge(self.max_bytes, int(length))
             await APIError(413, str(exc.detail), code="request_too_large").response()(scope, receive, send)
             return

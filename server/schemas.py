@@ -21,13 +21,15 @@ class APIError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.code = code
         self.param = param
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error body."""
@@ -35,7 +37,14 @@ class APIError(Exception):
 
     def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
         """The error as a JSON response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **(headers or {})})
+
+
+def internal_error(request_id: str | None) -> APIError:
+    """The 500 for an unexpected exception: a fixed message with the request id (the exception's text
+    goes to the log, never to the client)."""
+    rid = f" (request id {request_id}; the server log has the details)" if request_id else ""
+    return APIError(500, f"internal error{rid}", type="server_error", code="internal_error")
 
 
 class GraphInputError(ValueError):
@@ -87,6 +96,32 @@ class StreamOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     include_usage: bool = False
+
+
+class LLMParams(BaseModel):
+    """``configurable.llm_params`` of the graph routes, checked like the OpenAI route's fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The parameters for MemChat's ``llm_params`` (None values dropped)."""
+        for stop in ([self.stop] if isinstance(self.stop, str) else self.stop or []):
+            check_text(stop, "llm_params.stop")
+        fmt = None
+        if self.response_format is not None and self.response_format.type != "text":
+            if self.response_format.type == "json_schema" and self.response_format.json_schema is None:
+                raise APIError(400, "response_format json_schema needs a 'json_schema' object")
+            fmt = self.response_format.model_dump(by_alias=True, exclude_none=True)
+        out = {"max_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
+               "top_p": self.top_p, "stop": self.stop, "seed": self.seed, "response_format": fmt}
+        return {k: v for k, v in out.items() if v is not None and v != []}
 
 
 class ChatCompletionRequest(BaseModel):

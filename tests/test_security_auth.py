@@ -217,8 +217,9 @@ def test_session_tokens() -> None:
     assert auth.valid_cookie(key, tok, now=1059.0)
     assert not auth.valid_cookie(key, tok, now=1061.0)  # expired
     assert not auth.valid_cookie(b"k-124", tok, now=1000.0)  # another key
-    exp, sig = tok[len("s1."):].split(".")
-    assert not auth.valid_cookie(key, f"s1.{int(exp) + 100}.{sig}", now=1000.0)  # a longer life is not signed
+    exp, nonce, sig = tok[len("s1."):].split(".")
+    assert not auth.valid_cookie(key, f"s1.{int(exp) + 100}.{nonce}.{sig}", now=1000.0)  # a longer life is not signed
+    assert auth.session_token(key, now=1000.0, ttl=60) != tok  # each sign-in its own token (revoked alone)
     for junk in ("", "s1.", "s1.abc.def", "s1.1.2.3", "s1." + "9" * 40 + ".x", "k-12", "k-1234"):
         assert not auth.valid_cookie(key, junk, now=1000.0), junk
     assert auth.valid_cookie(key, "k-123")
