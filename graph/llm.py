@@ -135,8 +135,8 @@ def _backend_message(exc: Any) -> str:
     """The backend's own error message (OpenAI / SGLang / vLLM error bodies), at most 500 characters."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
-        msg = inner.get("message")
+        inner = body.get("error")
+        msg = (inner if isinstance(inner, dict) else body).get("message")
         if isinstance(msg, str) and msg.strip():
             return msg.strip()[:500]
     return str(getattr(exc, "message", None) or exc)[:500]

@@ -16,7 +16,6 @@ import pytest
 
 from graph.chat import MemChat
 from graph.engine import Engine
-from graph.llm import BackendError, BackendRejected, classify_error
 from graph.settings import Settings
 from server.app import _api_error, create_app
 from tests.fakes import ScriptedChatModel
@@ -132,8 +131,10 @@ def test_with_a_key_the_host_is_free_and_bodies_are_json(keyed: tuple[str, str])
 
 
 def test_session_cookie_with_unicode_digits_is_a_401(keyed: tuple[str, str]) -> None:
-    # uvicorn decodes headers as latin-1: b"\xb2" is "²", which str.isdigit accepts and int() refuses
-    for raw in (b"memchat_key=s1.\xb2\xb3.0a.ff", b"memchat_key=s1.1\xb9.x", b"memchat_key=s1.\xb2"):
+    # uvicorn decodes headers as latin-1: b"\xb2" is "²", which str.isdigit accepts and int() refuses (a
+    # quoted cookie value may hold any character)
+    for raw in (b'memchat_key="s1.\xb2\xb3.0a.ff"', b'memchat_key="s1.1\xb9.x"', b'memchat_key="s1.\xb2"',
+                b"memchat_key=s1.\xb2\xb3.0a.ff"):
         r = httpx.get(f"{keyed[0]}/v1/threads", headers={"Cookie": raw})
         assert code(r, 401) == "invalid_api_key", raw
         assert httpx.get(f"{keyed[0]}/", headers={"Cookie": raw, "Accept": "text/html"}).status_code == 401
@@ -143,14 +144,14 @@ def test_deeply_nested_json_is_a_400(open_srv: Served) -> None:
     base, hdr = open_srv.url, {"Content-Type": "application/json", "X-Thread-ID": "deep"}
     for depth in (100, 5000, 100_000):
         nested = "[" * depth + "]" * depth
-        for route, body in (("/graph/invoke", '{"input": %s}' % nested),
-                            ("/graph/batch", '{"inputs": [%s]}' % nested),
-                            ("/graph/stream", '{"input": {"messages": %s}}' % nested),
-                            ("/graph/invoke", '{"input": {"messages": [["user", "hi"]]}, "config": {"configurable":'
-                                              ' {"llm_params": {"response_format": %s}}}}' % nested)):
+        for route, body in (("/graph/invoke", f'{{"input": {nested}}}'),
+                            ("/graph/batch", f'{{"inputs": [{nested}]}}'),
+                            ("/graph/stream", f'{{"input": {{"messages": {nested}}}}}'),
+                            ("/graph/invoke", '{"input": {"messages": [["user", "hi"]]}, "config": {"configurable": '
+                                              f'{{"llm_params": {{"response_format": {nested}}}}}}}}}')):
             r = httpx.post(f"{base}{route}", content=body, headers=hdr, timeout=60)
             assert r.status_code == 400, (route, depth, r.status_code, r.text[:200])
-        r = httpx.post(f"{base}/v1/chat/completions", content='{"model": "m", "messages": %s}' % nested, headers=hdr)
+        r = httpx.post(f"{base}/v1/chat/completions", content=f'{{"model": "m", "messages": {nested}}}', headers=hdr)
         assert 400 <= r.status_code < 500, (depth, r.status_code)
     assert unknown_thread(base, "deep")
 
@@ -229,6 +230,8 @@ def _openai_error(cls: type[openai.APIStatusError], status: int, headers: dict[s
 
 
 def test_backend_status_mapping() -> None:
+    from graph.llm import BackendError, BackendRejected, classify_error
+
     rejected = classify_error(_openai_error(openai.BadRequestError, 400))
     assert isinstance(rejected, BackendRejected)
     err = _api_error(rejected, "t")
