@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.chat import MemChat
-from graph.llm import BackendError
+from graph.llm import BackendBusy, BackendError, BackendRejected
 from graph.settings import Settings
 from nodes.common import text_of
 from server.metrics import ServerMetrics
@@ -170,6 +170,8 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
         except BaseException as exc:
             if obs is not None:
                 code = "backend_timeout" if "Timeout" in type(exc).__name__ else (
+                    "backend_rejected" if isinstance(exc, BackendRejected) else
+                    "backend_busy" if isinstance(exc, BackendBusy) else
                     "backend_unavailable" if isinstance(exc, BackendError) else "error")
                 obs.failed(code)
             raise

@@ -220,6 +220,8 @@ def test_backend_rejection_of_the_request_is_a_400_not_a_retryable_503(open_srv:
     r = httpx.post(f"{base}/graph/invoke", json=turn("huge", llm_params={"max_tokens": 100_000_000}), timeout=60)
     assert code(r, 400) == "backend_rejected"
     assert unknown_thread(base, "huge")  # nothing was saved
+    counted = httpx.get(f"{base}/metrics").text
+    assert 'mode="graph",outcome="backend_rejected"' in counted and 'mode="thread",outcome="backend_rejected"' in counted
     assert httpx.get(f"{base}/health").json()["status"] == "ok"  # and the backend is not marked down
 
 
