@@ -9,7 +9,7 @@ preflight) and may rebind its own name to 127.0.0.1 to read the answers. So, wit
   ``MEMCHAT_ALLOWED_HOSTS`` (``name``, ``name:port``, ``.suffix`` for subdomains, ``*`` for any): else 400;
 * a request that changes something (not GET/HEAD/OPTIONS) must not say it comes from another site
   (``Sec-Fetch-Site`` other than ``same-origin`` / ``none``) or another origin (``Origin`` whose host:port is
-  neither the request's ``Host`` nor an ``MEMCHAT_ALLOWED_HOSTS`` entry): else 403;
+  neither the request's ``Host`` nor an ``MEMCHAT_ALLOWED_HOSTS`` entry): else 403.
 
 With a key, the key is what protects the data (a page cannot send ``Authorization``, and the session cookie
 has its own same-origin check in :mod:`server.auth`), so the ``Host`` check applies only when
