@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     # --- server ----------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="When set, the HTTP API needs Bearer auth")
     max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
+    require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
 
     @field_validator("llm_base_url")
     @classmethod
