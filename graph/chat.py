@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +18,15 @@ from langchain_core.runnables import RunnableConfig
 
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
+from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
 from graph.persistence import ThreadLeases
+from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import summarize_l2
-from nodes.update_slots import audit_namespace, head_snapshot, profile_namespace
+from nodes.update_slots import head_snapshot
 
-THREADS_NS = ("memchat", "threads")
+__all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]
 
 
 @dataclass
@@ -51,6 +52,7 @@ class MemChat:
         self.checkpointer = self.graph.checkpointer
         self.store = self.graph.store
         self.leases = ThreadLeases(self.settings)  # one turn per thread across processes / replicas
+        self.registry = ThreadRegistry(self.store)  # threads, their speakers, users being forgotten
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -98,6 +100,7 @@ class MemChat:
             self.recover(thread_id)
             cfg = self.config(thread_id, user_id, llm_params)
             pre = self.graph.get_state(cfg)
+            self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
             turn = int((pre.values or {}).get("turn") or 0) + 1
             inp: dict[str, Any] = {"messages": [HumanMessage(content=message, id=f"user:{thread_id}:{turn}")]}
             if persona is not None:
@@ -122,7 +125,7 @@ class MemChat:
             if int(final.get("turn") or 0) != turn:
                 self._rollback(thread_id, pre)
                 raise RuntimeError("the turn did not complete")
-            self._register(thread_id, final.get("user_id") or user_id or "anonymous", turn)
+            self.registry.record(thread_id, final.get("user_id"), turn)
             ctx = dict(final.get("context") or {})
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),
@@ -145,10 +148,6 @@ class MemChat:
             self.graph.update_state(pre.config, None, as_node="__copy__")
         else:
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
-
-    def _register(self, thread_id: str, user_id: str, turns: int) -> None:
-        if self.store is not None:
-            self.store.put(THREADS_NS, thread_id, {"user_id": user_id, "turns": turns, "updated": time.time()})
 
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:
@@ -180,18 +179,14 @@ class MemChat:
         ctx.setdefault("sections", {})
         return ctx
 
-    def threads(self) -> list[dict[str, Any]]:
-        """Known threads, most recent first."""
-        if self.store is None:
-            return []
-        items = self.store.search(THREADS_NS, limit=1000)
-        rows = [{"id": it.key, **it.value} for it in items]
-        return sorted(rows, key=lambda r: -float(r.get("updated", 0)))
+    def threads(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Known threads (all, or every thread ``user_id`` spoke in), most recent first."""
+        return self.registry.rows(user_id)
 
     def audit(self, *, thread_id: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
         """Slot audit history: a thread's (from its state) or a user's (across threads)."""
         if user_id is not None and self.store is not None:
-            rows = [it.value for it in self.store.search(audit_namespace(user_id), limit=10000)]
+            rows = [it.value for it in search_all(self.store, audit_namespace(user_id))]
             if thread_id is not None:
                 rows = [r for r in rows if r.get("thread_id") == thread_id]
             return sorted(rows, key=lambda r: (r.get("time", 0), r.get("turn", 0)))
@@ -237,26 +232,47 @@ class MemChat:
         return self.memory(thread_id)
 
     def delete_thread(self, thread_id: str) -> dict[str, Any]:
-        """Forget a thread: its checkpoints and thread-scoped memories."""
+        """Forget a thread: its checkpoints, thread-scoped memories and, when it had no user, its own
+        profile slots and facts."""
         with self.exclusive(thread_id):
-            st = self.state(thread_id)
-            self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
-            removed = self.engine.memory.delete_thread(thread_id)
-            if self.store is not None:
-                self.store.delete(THREADS_NS, thread_id)
-        return {"thread_id": thread_id, "deleted": bool(st), "memories_removed": removed}
+            return self._drop_thread(thread_id, self.state(thread_id), self.registry.row(thread_id))
+
+    def _drop_thread(self, thread_id: str, st: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+        """Delete a thread the caller holds exclusively."""
+        self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
+        scope = thread_scope(thread_id)
+        removed = self.engine.memory.delete_thread(thread_id) + self.engine.memory.delete_user(scope)
+        own = self.registry.drop_user(scope)
+        self.registry.remove(thread_id, row)
+        return {"thread_id": thread_id, "deleted": bool(st), "memories_removed": removed,
+                "slots_removed": len(st.get("slots") or {}) + own["profile_slots"]}
 
     def delete_user(self, user_id: str) -> dict[str, Any]:
-        """Forget a user everywhere: their threads, memories, profile and audit log."""
-        threads = [t["id"] for t in self.threads() if t.get("user_id") == user_id]
-        for tid in threads:
-            self.delete_thread(tid)
-        removed = self.engine.memory.delete_user(user_id)
-        if self.store is not None:
-            for ns in (profile_namespace(user_id), audit_namespace(user_id)):
-                for it in self.store.search(ns, limit=100000):
-                    self.store.delete(ns, it.key)
-        return {"user_id": user_id, "threads_deleted": threads, "memories_removed": removed}
+        """Forget a user everywhere: every thread they spoke in (shared ones whole: they hold the user's
+        words), every vector memory, the profile slots, the audit log. The user's turns are refused while
+        this runs, and a turn already running finishes first, so nothing of the user is written after."""
+        out: dict[str, Any] = {"user_id": user_id, "threads_deleted": [], "shared_threads_deleted": [],
+                               "memories_removed": 0, "thread_slots_removed": 0}
+        ttl = 2 * self.leases.wait + 60
+        with self.lock("/forget/" + user_id), self.registry.forgetting(user_id, ttl) as extend:
+            for tid in self.registry.indexed(user_id):
+                extend()
+                with self.exclusive(tid):
+                    st, row = self.state(tid), self.registry.row(tid)
+                    users = speakers(row) if row else [u for u in [legacy_user(st.get("user_id"))] if u and st]
+                    if user_id not in users:
+                        continue  # a stale index entry: the user never completed a turn here
+                    res = self._drop_thread(tid, st, row)
+                out["threads_deleted"].append(tid)
+                if set(users) - {user_id}:
+                    out["shared_threads_deleted"].append(tid)
+                out["memories_removed"] += res["memories_removed"]
+                out["thread_slots_removed"] += res["slots_removed"]
+            out["memories_removed"] += self.engine.memory.delete_user(user_id)
+            counts = self.registry.drop_user(user_id)
+        out["profile_slots_removed"] = counts["profile_slots"]
+        out["audit_entries_removed"] = counts["audit_entries"]
+        return out
 
 
 def last_reply(state: dict[str, Any]) -> str:

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
     allowed_hosts: str = Field("", description="Comma-separated Host names the server answers to besides "
                                "loopback (name, name:port, .suffix, *); see server/guard.py")
+    require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
 
     @field_validator("llm_base_url")
     @classmethod

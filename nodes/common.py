@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
+from graph.namespaces import LEGACY_ANONYMOUS, thread_scope
 from graph.prompt import Turn
 
 
@@ -17,9 +18,15 @@ def thread_id(config: RunnableConfig | None) -> str:
 
 
 def user_id(state: Mapping[str, Any], config: RunnableConfig | None) -> str:
-    """The user of this run: ``configurable.user_id``, else the thread's, else ``anonymous``."""
+    """The user of this run: ``configurable.user_id``, else the thread's user, else the thread's own scope
+    (a thread without a user shares its profile and facts with no other thread)."""
     conf = (config or {}).get("configurable") or {}
-    return str(conf.get("user_id") or state.get("user_id") or "anonymous")
+    if conf.get("user_id"):
+        return str(conf["user_id"])
+    owner = state.get("user_id")
+    if owner and owner != LEGACY_ANONYMOUS:
+        return str(owner)
+    return thread_scope(thread_id(config))
 
 
 def text_of(m: AnyMessage) -> str:

@@ -8,6 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from graph.engine import Engine, get_engine
+from graph.namespaces import public_user
 from graph.rules import extract_rules, forget_requests
 from graph.state import State
 from graph.textproc import overlap
@@ -29,7 +30,7 @@ def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None
     eng = engine or get_engine()
     human = current_message(state)
     text = text_of(human)
-    update: dict[str, Any] = {"user_id": user_id(state, config)}
+    update: dict[str, Any] = {"user_id": public_user(user_id(state, config))}
     limit = eng.settings.max_message_tokens
     if eng.tokenizer.count(text) > limit:
         text = eng.tokenizer.truncate(text, limit)

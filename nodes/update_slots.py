@@ -8,21 +8,13 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from graph.engine import Engine, get_engine
+from graph.namespaces import audit_namespace, profile_namespace, search_all
 from graph.slots import LOG_LIMIT, apply_candidates, expire, forget
 from graph.state import Slot, State
 from nodes.common import thread_id, user_id
 
 PROFILE_KINDS = ("fact", "preference", "instruction")
-
-
-def profile_namespace(user: str) -> tuple[str, ...]:
-    """Store namespace of a user's cross-thread slots."""
-    return ("memchat", "profile", user)
-
-
-def audit_namespace(user: str) -> tuple[str, ...]:
-    """Store namespace of a user's slot audit log."""
-    return ("memchat", "audit", user)
+__all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespace", "update_slots"]
 
 
 def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | None) -> dict[str, Any]:
@@ -41,7 +33,7 @@ def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None =
     events: list[dict[str, Any]] = []
     store = getattr(runtime, "store", None)
     if turn == 1 and not slots and store is not None:
-        for item in store.search(profile_namespace(uid), limit=200):
+        for item in search_all(store, profile_namespace(uid)):
             slots[item.key] = item.value  # type: ignore[assignment]
     slots, ev = expire(slots, thread_id=tid, user_id=uid, turn=turn)
     events += ev

@@ -41,6 +41,7 @@ from graph.llm import (
     probe_backend,
 )
 from graph.local_server import LLMStartupError
+from graph.namespaces import thread_scope
 from graph.observability import configure_logging, request_id_var, uvicorn_log_config
 from graph.persistence import ThreadBusy
 from graph.settings import Settings, get_settings
@@ -52,6 +53,7 @@ from server.metrics import ServerMetrics, TurnObserver
 from server.middleware import BodySizeMiddleware, RequestContextMiddleware
 from server.schemas import (
     SYSTEM_ROLES,
+    USER_REQUIRED,
     APIError,
     ChatCompletionRequest,
     GraphInputError,
@@ -65,6 +67,7 @@ from server.schemas import (
     usage_block,
 )
 from server.stateless import StatelessResult, build_prompt, stream_answer
+from server.users import mount_user_routes
 
 log = logging.getLogger("memchat.server")
 turn_log = logging.getLogger("memchat.turn")
@@ -290,6 +293,8 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
         raise APIError(400, "tools / function calling are not supported", param="tools")
     thread_id = check_id(request.headers.get("x-thread-id") or req.thread_id, "thread_id")
     user_id = check_id(req.user or request.headers.get("x-user-id"), "user")
+    if settings.require_user and not user_id:
+        raise APIError(400, USER_REQUIRED, param="user", code="user_required")
     check_text(req.model, "model")
     for stop in ([req.stop] if isinstance(req.stop, str) else req.stop or []):
         check_text(stop, "stop")
@@ -509,7 +514,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     # the last added is the outermost: request id and access log, then auth, then the Host / origin /
     # content-type guard, then body limits, then the check of graph inputs (only authenticated requests get
     # that far)
-    app.add_middleware(GraphPrecheck, max_chars=settings.max_request_chars)
+    app.add_middleware(GraphPrecheck, max_chars=settings.max_request_chars, require_user=settings.require_user)
     app.add_middleware(BodySizeMiddleware, max_bytes=8 * settings.max_request_chars + (1 << 20))
     app.add_middleware(RequestGuardMiddleware, allowed_hosts=parse_allowed_hosts(settings.allowed_hosts),
                        keyless=not api_key)
@@ -609,13 +614,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
             raise APIError(404, f"thread {thread_id!r} not found", code="thread_not_found")
         return tid
 
-    @app.get("/v1/threads", tags=["threads"])
-    async def threads(user: str | None = None) -> dict[str, Any]:
-        """Known threads, most recent first (``?user=`` filters by user)."""
-        rows = await server.call(memchat.threads)
-        data = [{"id": r["id"], "turns": int(r.get("turns") or 0), "user_id": r.get("user_id"),
-                 "updated": r.get("updated")} for r in rows if user is None or r.get("user_id") == user]
-        return {"object": "list", "data": data}
+    mount_user_routes(app, server, memchat)  # GET /v1/threads, DELETE /v1/users/{user}/memory
 
     @app.get("/v1/threads/{thread_id}/memory", tags=["threads"])
     async def thread_memory(thread_id: str) -> Any:
@@ -624,7 +623,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
 
         def view() -> dict[str, Any]:
             mem = memchat.memory(tid)
-            mem["memories"] = memory_counts(memchat, tid, mem.get("user_id"))
+            mem["memories"] = memory_counts(memchat, tid, mem.get("user_id") or thread_scope(tid))
             return mem
         return jsonable_encoder(await server.call(view))
 
@@ -655,14 +654,6 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         res = await server.call(memchat.delete_thread, tid)
         return {"id": thread_id, "object": "thread.deleted", "deleted": bool(res.get("deleted")),
                 "memories_removed": res.get("memories_removed")}
-
-    @app.delete("/v1/users/{user_id}/memory", tags=["threads"])
-    async def user_delete(user_id: str) -> dict[str, Any]:
-        """Forget a user everywhere: threads, memories, profile and audit log."""
-        uid = check_id(user_id, "user_id") or user_id
-        res = await server.call(memchat.delete_user, uid)
-        return {"user_id": user_id, "object": "user.memory.deleted", "deleted": True,
-                "threads_deleted": res.get("threads_deleted", []), "memories_removed": res.get("memories_removed")}
 
     # ---- LangServe ----
     from server.langserve_routes import mount_graph

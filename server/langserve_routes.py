@@ -25,7 +25,7 @@ from graph.llm import BackendBusy, BackendError, BackendRejected
 from graph.settings import Settings
 from nodes.common import text_of
 from server.metrics import ServerMetrics
-from server.schemas import APIError, GraphInputError, LLMParams, check_id, check_text
+from server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 MAX_JSON_DEPTH = 64  # far more than a turn needs; deep bodies crash parsers and validators (RecursionError)
@@ -102,7 +102,7 @@ class TurnArgs:
     llm_params: dict[str, Any] | None
 
 
-def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int) -> TurnArgs:
+def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int, require_user: bool = False) -> TurnArgs:
     """Validate one graph input and its ``configurable``; raises :class:`GraphInputError` (400/413)."""
     tid = _checked_id(conf.get("thread_id"), "thread_id")
     if not tid:
@@ -134,6 +134,8 @@ def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int) -> TurnArgs:
         except APIError as exc:
             raise GraphInputError(400, exc.message) from exc
     user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
+    if require_user and not user:
+        raise GraphInputError(400, USER_REQUIRED, code="user_required")
     return TurnArgs(tid, message, user, persona, check_llm_params(conf.get("llm_params")))
 
 
@@ -159,9 +161,10 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
 
     Invalid input raises :class:`GraphInputError` (answered 400/413 by the app, not 500)."""
     max_chars = (settings or memchat.settings).max_request_chars
+    require_user = (settings or memchat.settings).require_user
 
     def run_turn(inp: Any, config: RunnableConfig) -> dict[str, Any]:
-        t = parse_turn(inp, dict(config.get("configurable") or {}), max_chars)
+        t = parse_turn(inp, dict(config.get("configurable") or {}), max_chars, require_user)
         obs = metrics.turn("graph") if metrics is not None else None
         try:
             result = memchat.turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
@@ -190,9 +193,10 @@ class GraphPrecheck:
     ``stream_log`` / ``stream_events`` would otherwise send an error event and then raise after the
     response started. A body that is not JSON is a 400; other shapes are left to LangServe (its 422)."""
 
-    def __init__(self, app: ASGIApp, max_chars: int, path: str = "/graph") -> None:
+    def __init__(self, app: ASGIApp, max_chars: int, path: str = "/graph", require_user: bool = False) -> None:
         self.app = app
         self.max_chars = max_chars
+        self.require_user = require_user
         self.paths = {f"{path}{suffix}" for suffix in RUN_SUFFIXES}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,7 +252,7 @@ class GraphPrecheck:
                 for header, key in (("x-thread-id", "thread_id"), ("x-user-id", "user_id")):
                     if headers.get(header):
                         conf[key] = headers[header]
-                parse_turn(inp, conf, self.max_chars)
+                parse_turn(inp, conf, self.max_chars, self.require_user)
         except GraphInputError as exc:
             return exc
         except Exception:  # anything else is LangServe's to judge

@@ -207,6 +207,10 @@ def check_id(value: str | None, what: str) -> str | None:
     return value
 
 
+USER_REQUIRED = ("a user id is required (MEMCHAT_REQUIRE_USER): send the OpenAI `user` field or the X-User-ID "
+                 "header (LangServe: configurable.user_id)")
+
+
 def new_completion_id() -> str:
     """A fresh ``chatcmpl-…`` id."""
     return f"chatcmpl-{uuid.uuid4().hex}"

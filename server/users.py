@@ -1,0 +1,45 @@
+"""Routes over users and the thread registry: ``GET /v1/threads`` and ``DELETE /v1/users/{user}/memory``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from graph.chat import MemChat
+from graph.persistence import ThreadBusy
+from server.schemas import APIError, check_id
+
+
+def mount_user_routes(app: FastAPI, server: Any, memchat: MemChat) -> None:
+    """Add the routes (``server.call`` runs their store work in the worker pool)."""
+
+    @app.get("/v1/threads", tags=["threads"])
+    async def threads(user: str | None = None) -> dict[str, Any]:
+        """Known threads, most recent first; ``?user=`` lists every thread the user spoke in (all of them,
+        also shared threads where someone else spoke last). ``users`` names every speaker."""
+        uid = check_id(user, "user") if user is not None else None
+        rows = await server.call(memchat.threads, uid) if user is None or uid else []
+        data = [{"id": r["id"], "turns": int(r.get("turns") or 0), "user_id": r.get("user_id"),
+                 "users": list(r.get("users") or ([r["user_id"]] if r.get("user_id") else [])),
+                 "updated": r.get("updated")} for r in rows]
+        return {"object": "list", "data": data}
+
+    @app.delete("/v1/users/{user_id}/memory", tags=["threads"])
+    async def user_delete(user_id: str) -> dict[str, Any]:
+        """Forget a user everywhere: every thread the user spoke in (a thread shared with other users is
+        deleted whole, listed in ``shared_threads_deleted``), every vector memory, the profile slots and the
+        audit log. The user's turns are refused (409) while it runs; one already running finishes first and
+        is deleted too. The counts say what was removed."""
+        uid = check_id(user_id, "user_id") or user_id
+        try:
+            res = await server.call(memchat.delete_user, uid)
+        except ThreadBusy as exc:  # a thread stayed busy: what was deleted stays deleted, a retry finishes
+            raise APIError(409, f"{exc}; the forget is incomplete, try again", code="thread_busy") from exc
+        return {"user_id": user_id, "object": "user.memory.deleted", "deleted": True,
+                "threads_deleted": res["threads_deleted"], "threads_removed": len(res["threads_deleted"]),
+                "shared_threads_deleted": res["shared_threads_deleted"],
+                "memories_removed": res["memories_removed"],
+                "slots_removed": res["profile_slots_removed"] + res["thread_slots_removed"],
+                "profile_slots_removed": res["profile_slots_removed"],
+                "audit_entries_removed": res["audit_entries_removed"]}
