@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # --- server ----------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="When set, the HTTP API needs Bearer auth")
     max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
-    thread_wait: float = Field(30.0, gt=0, description="Seconds a request waits for its busy thread before 409")
+    thread_wait: float = Field(60.0, gt=0, description="Seconds a request waits for its busy thread before 409")
     thread_queue: int = Field(4, ge=0, description="Requests that may wait for one busy thread; more get 409 at once")
     idempotency_keys: int = Field(20, ge=1, description="Idempotency keys remembered per thread (the last N)")
 
