@@ -28,6 +28,7 @@ from graph.chat import THREADS_NS, MemChat
 from graph.settings import Settings
 from graph.vectorstore import msg_id
 from server.app import create_app
+from server.metrics import samples
 from tests.serving import STUB_MODEL, StubURL, serve_app, serve_memchat
 
 
@@ -60,6 +61,10 @@ def chat(base: str, tid: str, text: str, user: str = "u1", key: str | None = Non
 
 def turns(base: str, tid: str) -> int:
     return int(httpx.get(f"{base}/v1/threads/{tid}/memory", timeout=30).json()["turns"])
+
+
+def failures(base: str) -> float:
+    return samples(httpx.get(f"{base}/metrics").text).get("memchat_memory_write_failures_total", 0.0)
 
 
 def user_texts(mc: MemChat, user: str) -> str:
@@ -120,9 +125,11 @@ def test_a_turn_failing_after_the_reply_leaves_no_vector_memory(base: str, mc: M
 
 def test_a_failed_vector_write_keeps_the_turn_and_is_written_before_the_next(base: str, mc: MemChat) -> None:
     tid, user = "late-vectors", "user-late"
+    before = failures(base)
     with fail_once(mc.engine.memory, "add") as hits:
         r = chat(base, tid, "I keep a pet axolotl named Zibble.", user)
     assert hits[0] == 1 and r.status_code == 200 and turns(base, tid) == 1
+    assert failures(base) == before + 1
     assert mc.engine.memory.get_ids([msg_id(tid, 1)]) == []
     assert chat(base, tid, "Tell me something nice.", user).status_code == 200
     assert [d.text for d in mc.engine.memory.get_ids([msg_id(tid, 1)])] == ["I keep a pet axolotl named Zibble."]
