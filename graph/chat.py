@@ -8,7 +8,9 @@ behind, so a thread holds a whole turn or none of it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +21,17 @@ from langchain_core.runnables import RunnableConfig
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
-from graph.persistence import ThreadLeases
+from graph.persistence import ThreadBusy, ThreadLeases
+from graph.receipts import find_receipt, fingerprint, key_hash
 from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
+from graph.vectorstore import MemoryDoc
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import summarize_l2
 from nodes.update_slots import head_snapshot
 
 __all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]
+log = logging.getLogger("memchat.chat")
 
 
 @dataclass
@@ -39,6 +44,8 @@ class TurnResult:
     usage: dict[str, Any] = field(default_factory=dict)
     cached_tokens: int | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    receipt: dict[str, Any] = field(default_factory=dict)  # what the caller stored with an idempotency key
+    replayed: bool = False  # the stored result of an earlier turn with the same idempotency key
 
 
 class MemChat:
@@ -59,7 +66,7 @@ class MemChat:
     # ---- config & locks ------------------------------------------------------------------
     def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None
                ) -> RunnableConfig:
-        conf: dict[str, Any] = {"thread_id": thread_id}
+        conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True}
         if user_id:
             conf["user_id"] = user_id
         if llm_params:
@@ -73,9 +80,19 @@ class MemChat:
 
     @contextlib.contextmanager
     def exclusive(self, thread_id: str) -> Iterator[None]:
-        """Hold a thread: the in-process lock, then the cross-process lease (raises ``ThreadBusy``)."""
-        with self.lock(thread_id), self.leases.hold(thread_id):
-            yield
+        """Hold a thread: the in-process lock, then the cross-process lease; raises ``ThreadBusy`` when the
+        thread stays busy for ``MEMCHAT_THREAD_WAIT`` seconds."""
+        wait = self.settings.thread_wait
+        deadline = time.monotonic() + wait
+        lock = self.lock(thread_id)
+        if not lock.acquire(timeout=wait):
+            raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (waited {wait:g}s, "
+                             "MEMCHAT_THREAD_WAIT)")
+        try:
+            with self.leases.hold(thread_id, wait=max(0.0, deadline - time.monotonic())):
+                yield
+        finally:
+            lock.release()
 
     # ---- turns ------------------------------------------------------------------------------
     def recover(self, thread_id: str) -> bool:
@@ -92,8 +109,13 @@ class MemChat:
         return True
 
     def stream_turn(self, thread_id: str, message: str, *, user_id: str | None = None, persona: str | None = None,
-                    llm_params: dict[str, Any] | None = None) -> Iterator[str | TurnResult]:
-        """Yield reply tokens as they stream, then the :class:`TurnResult`."""
+                    llm_params: dict[str, Any] | None = None, idempotency_key: str | None = None,
+                    receipt: dict[str, Any] | None = None) -> Iterator[str | TurnResult]:
+        """Yield reply tokens as they stream, then the :class:`TurnResult`.
+
+        With ``idempotency_key``, a request repeated on the thread with the same key gets the stored result
+        (``replayed``, with the ``receipt`` stored by the first) instead of a second turn; the same key with a
+        different request raises :class:`graph.receipts.IdempotencyConflict`."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
         with self.exclusive(thread_id):
@@ -101,6 +123,15 @@ class MemChat:
             cfg = self.config(thread_id, user_id, llm_params)
             pre = self.graph.get_state(cfg)
             self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
+            self._flush(pre.values or {}, check=True)  # a turn whose memories were not written (crash, failure)
+            if idempotency_key:
+                fp = fingerprint(user=user_id, message=message, persona=persona, llm_params=llm_params or {})
+                done = find_receipt((pre.values or {}).get("receipts"), idempotency_key, fp)
+                if done is not None:
+                    yield _replay(thread_id, done)
+                    return
+                cfg["configurable"]["receipt"] = {**(receipt or {}), "key": key_hash(idempotency_key),
+                                                  "fingerprint": fp}
             turn = int((pre.values or {}).get("turn") or 0) + 1
             inp: dict[str, Any] = {"messages": [HumanMessage(content=message, id=f"user:{thread_id}:{turn}")]}
             if persona is not None:
@@ -119,17 +150,17 @@ class MemChat:
                                 yield text
                     elif mode == "values":
                         final = data  # type: ignore[assignment]
+                if int(final.get("turn") or 0) != turn:
+                    raise RuntimeError("the turn did not complete")
+                self.registry.record(thread_id, final.get("user_id"), turn)
             except BaseException:
                 self._rollback(thread_id, pre)
                 raise
-            if int(final.get("turn") or 0) != turn:
-                self._rollback(thread_id, pre)
-                raise RuntimeError("the turn did not complete")
-            self.registry.record(thread_id, final.get("user_id"), turn)
+            self._flush(final)  # vector memory last: nothing after it can fail the turn
             ctx = dict(final.get("context") or {})
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),
-                             cached_tokens=ctx.get("cached_tokens"), context=ctx)
+                             cached_tokens=ctx.get("cached_tokens"), context=ctx, receipt=dict(receipt or {}))
 
     def turn(self, thread_id: str, message: str, *, on_token: Callable[[str], None] | None = None,
              **kw: Any) -> TurnResult:
@@ -148,6 +179,22 @@ class MemChat:
             self.graph.update_state(pre.config, None, as_node="__copy__")
         else:
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
+
+    def _flush(self, values: dict[str, Any], check: bool = False) -> None:
+        """Write a committed turn's vector memories (its ``outbox``; ids are idempotent). A failure is logged
+        and counted; the outbox stays in the checkpoint and is written before the thread's next turn."""
+        docs = [MemoryDoc(**d) for d in values.get("outbox") or []]
+        if not docs:
+            return
+        try:
+            if check:
+                have = {d.id for d in self.engine.memory.get_ids([d.id for d in docs])}
+                docs = [d for d in docs if d.id not in have]
+            if docs:
+                self.engine.store_docs(docs)
+        except Exception:
+            self.engine.metrics.inc("memory_write_failures")
+            log.warning("vector memory write failed; retried before the thread's next turn", exc_info=True)
 
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:
@@ -273,6 +320,14 @@ class MemChat:
         out["profile_slots_removed"] = counts["profile_slots"]
         out["audit_entries_removed"] = counts["audit_entries"]
         return out
+
+
+def _replay(thread_id: str, rec: dict[str, Any]) -> TurnResult:
+    """The stored result of a turn (from its idempotency receipt)."""
+    meta = {k: v for k, v in rec.items() if k not in ("reply", "turn", "usage", "cached_tokens", "context")}
+    return TurnResult(thread_id=thread_id, turn=int(rec.get("turn") or 0), reply=str(rec.get("reply") or ""),
+                      usage=dict(rec.get("usage") or {}), cached_tokens=rec.get("cached_tokens"),
+                      context=dict(rec.get("context") or {}), receipt=meta, replayed=True)
 
 
 def last_reply(state: dict[str, Any]) -> str:

@@ -221,14 +221,16 @@ class ThreadLeases:
                          "owner TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)")
 
     @contextlib.contextmanager
-    def hold(self, thread_id: str) -> Iterator[None]:
-        """Hold the thread for the block; raises :class:`ThreadBusy` after ``wait`` seconds."""
+    def hold(self, thread_id: str, wait: float | None = None) -> Iterator[None]:
+        """Hold the thread for the block; raises :class:`ThreadBusy` after ``wait`` seconds (default: the
+        instance's)."""
+        wait = self.wait if wait is None else wait
         if self._pool is None:
-            with self._flock(thread_id):
+            with self._flock(thread_id, wait):
                 yield
             return
         token = f"{self.owner}:{threading.get_ident()}:{time.monotonic_ns()}"
-        self._acquire(thread_id, token)
+        self._acquire(thread_id, token, wait)
         try:
             yield
         finally:
@@ -244,13 +246,13 @@ class ThreadLeases:
                 "WHERE l.expires_at < now() RETURNING owner", (thread_id, token, self.ttl)).fetchone()
         return row is not None
 
-    def _acquire(self, thread_id: str, token: str) -> None:
-        deadline = time.monotonic() + self.wait
+    def _acquire(self, thread_id: str, token: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
         delay = 0.02
         while not self._try(thread_id, token):
             if time.monotonic() > deadline:
                 raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (another replica held it for "
-                                 f"over {self.wait:.0f}s)")
+                                 f"over {wait:g}s)")
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 1.5, 0.5)
         with self._guard:
@@ -277,14 +279,14 @@ class ThreadLeases:
 
     # ---- SQLite (one host) ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def _flock(self, thread_id: str) -> Iterator[None]:
+    def _flock(self, thread_id: str, wait: float) -> Iterator[None]:
         import fcntl
         import hashlib
 
         assert self._dir is not None
         stripe = int.from_bytes(hashlib.blake2b(thread_id.encode(), digest_size=4).digest(), "big") % self.STRIPES
         with open(self._dir / f"{stripe:04d}.lock", "a+b") as f:
-            deadline = time.monotonic() + self.wait
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     allowed_hosts: str = Field("", description="Comma-separated Host names the server answers to besides "
                                "loopback (name, name:port, .suffix, *); see server/guard.py")
     require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
+    thread_wait: float = Field(60.0, gt=0, description="Seconds a request waits for its busy thread before 409")
+    thread_queue: int = Field(4, ge=0, description="Requests that may wait for one busy thread; more get 409 at once")
+    idempotency_keys: int = Field(20, ge=1, description="Idempotency keys remembered per thread (the last N)")
 
     @field_validator("llm_base_url")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from langgraph.runtime import Runtime
 from graph.engine import Engine, get_engine
 from graph.llm import cached_tokens, classify_error, response_format_for
 from graph.prompt import Turn, assemble, prefix_reuse, render_head
+from graph.receipts import add_receipt
 from graph.rules import free_facts
 from graph.state import State, TurnMeta
 from graph.vectorstore import MemoryDoc, msg_id
@@ -53,7 +55,8 @@ def fact_id(user: str, text: str) -> str:
 
 def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
             engine: Engine | None = None) -> dict[str, Any]:
-    """One LLM call on the hot path. Side effects (vector memory, audit) only after the reply."""
+    """One LLM call on the hot path. Side effects only after the reply: the audit log and profile, then vector
+    memory (or, under MemChat, ``outbox``: MemChat writes it after the checkpoint, so a failed turn leaves none)."""
     eng = engine or get_engine()
     tid, uid = thread_id(config), user_id(state, config)
     turn = int(state.get("turn") or 0) + 1
@@ -94,29 +97,12 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
     now = datetime.now(UTC)
     date = now.strftime("%Y-%m-%d %H:%M")
-    # --- side effects, idempotent ids (a retried turn never duplicates) ---
-    docs = [
-        MemoryDoc(id=msg_id(tid, 2 * turn - 1), text=message, user_id=uid, thread_id=tid, kind="turn", speaker="user",
-                  turn=turn, seq=2 * turn - 1, date=date),
-        MemoryDoc(id=msg_id(tid, 2 * turn), text=reply_text, user_id=uid, thread_id=tid, kind="turn",
-                  speaker="assistant", turn=turn, seq=2 * turn, date=date),
-    ]
-    facts = free_facts(message) + [str(p["text"]) for p in state.get("pending_facts") or []]
-    docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
-                       date=date, scope="user") for f in dict.fromkeys(facts)]
-    eng.store_docs(docs)
-    store = getattr(runtime, "store", None)
-    events = list(state.get("slot_changes") or [])
-    if store is not None:
-        slots = state.get("slots") or {}
-        for i, ev in enumerate(events):
-            store.put(audit_namespace(uid), f"{tid}:{turn}:{i}", dict(ev))
-            key = ev["key"]
-            if key.split(":", 1)[0] in PROFILE_KINDS:
-                if key in slots and ev["action"] in ("set", "corrected"):
-                    store.put(profile_namespace(uid), key, dict(slots[key]))
-                elif ev["action"] in ("expired", "forgotten"):
-                    store.delete(profile_namespace(uid), key)
+    # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
+    _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
+    docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
+    conf = (config or {}).get("configurable") or {}
+    if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
+        eng.store_docs(docs)
     metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes) for t in turns]
     metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
     prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
@@ -137,7 +123,52 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
             "retrieved_ids": [m.get("id") for m in asm.memories],
         },
         "counters": counters,
+        "outbox": [asdict(d) for d in docs] if conf.get("defer_memory") else [],
+        **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
+                   asm.sections, asm.dropped_turns, reuse, asm.memories),
     }
+
+
+def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,
+                 date: str) -> list[MemoryDoc]:
+    """The turn's vector memories: both messages (thread-scoped) and the user's free facts."""
+    docs = [
+        MemoryDoc(id=msg_id(tid, 2 * turn - 1), text=message, user_id=uid, thread_id=tid, kind="turn", speaker="user",
+                  turn=turn, seq=2 * turn - 1, date=date),
+        MemoryDoc(id=msg_id(tid, 2 * turn), text=reply_text, user_id=uid, thread_id=tid, kind="turn",
+                  speaker="assistant", turn=turn, seq=2 * turn, date=date),
+    ]
+    facts = free_facts(message) + [str(p["text"]) for p in state.get("pending_facts") or []]
+    docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
+                       date=date, scope="user") for f in dict.fromkeys(facts)]
+    return docs
+
+
+def _write_profile(store: Any, state: State, tid: str, uid: str, turn: int) -> None:
+    """The slot audit log and the user's cross-thread profile (idempotent keys)."""
+    if store is None:
+        return
+    slots = state.get("slots") or {}
+    for i, ev in enumerate(state.get("slot_changes") or []):
+        store.put(audit_namespace(uid), f"{tid}:{turn}:{i}", dict(ev))
+        key = ev["key"]
+        if key.split(":", 1)[0] in PROFILE_KINDS:
+            if key in slots and ev["action"] in ("set", "corrected"):
+                store.put(profile_namespace(uid), key, dict(slots[key]))
+            elif ev["action"] in ("expired", "forgotten"):
+                store.delete(profile_namespace(uid), key)
+
+
+def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage: dict[str, Any], cached: Any,
+             sections: dict[str, Any], dropped: Any, reuse: float, memories: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    """``{"receipts": [...]}`` with this turn's result when it was sent with an idempotency key."""
+    if not isinstance(request, dict) or not request.get("key"):
+        return {}
+    result = {"reply": reply, "turn": turn, "usage": usage, "cached_tokens": cached,
+              "context": {"sections": sections, "dropped_turns": dropped, "prefix_reuse": round(reuse, 4),
+                          "retrieved_ids": [m.get("id") for m in memories]}}
+    return {"receipts": add_receipt(state.get("receipts") or [], {**request, **result}, keep)}
 
 
 def _describe(ev: dict[str, Any]) -> str:

@@ -44,8 +44,10 @@ from graph.local_server import LLMStartupError
 from graph.namespaces import thread_scope
 from graph.observability import configure_logging, request_id_var, uvicorn_log_config
 from graph.persistence import ThreadBusy
+from graph.receipts import IdempotencyConflict
 from graph.settings import Settings, get_settings
 from server import auth
+from server.admission import ThreadGate, idempotency_key
 from server.guard import RequestGuardMiddleware, parse_allowed_hosts
 from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -113,6 +115,7 @@ class Server:
         self._pool: ThreadPoolExecutor | None = None
         self._probe_lock = asyncio.Lock()
         self.metrics = ServerMetrics(memchat.engine.metrics, backend_up=lambda: self.status.state == "ok")
+        self.gate = ThreadGate(settings.thread_queue)  # requests per thread inside the server
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -194,6 +197,8 @@ def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
                         code="backend_unavailable")
     if isinstance(exc, ThreadBusy):
         return APIError(409, f"{exc}; try again", code="thread_busy")
+    if isinstance(exc, IdempotencyConflict):
+        return APIError(422, str(exc), param="Idempotency-Key", code="idempotency_key_reused")
     if not isinstance(exc, BackendError):
         try:
             import openai
@@ -283,6 +288,7 @@ class ChatPlan:
     message: str
     history: list[tuple[str, str]]
     llm_params: dict[str, Any]
+    idempotency_key: str | None = None  # with a thread: a retry with the same key replays the stored result
 
 
 def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) -> ChatPlan:
@@ -322,7 +328,8 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
             persona = "\n\n".join(p for p in (persona, text) if p)
         else:
             history.append((role, text))
-    return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params())
+    return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params(),
+                    idempotency_key(request.headers))
 
 
 @dataclass
@@ -333,6 +340,7 @@ class Outcome:
     usage: dict[str, Any]
     finish: str
     extra: dict[str, Any]
+    receipt: dict[str, Any] | None = None  # the stored completion id / created of a replayed turn
 
 
 def _finish_reason(completion_tokens: int, plan: ChatPlan, settings: Settings) -> str:
@@ -354,8 +362,11 @@ def _outcome(item: TurnResult | StatelessResult, plan: ChatPlan, mc: MemChat, ex
         extra = {"thread_id": item.thread_id, "turn": item.turn, "prefix_reuse": ctx.get("prefix_reuse"),
                  "sections": ctx.get("sections"), "dropped_turns": ctx.get("dropped_turns"),
                  "retrieved": len(ctx.get("retrieved_ids") or [])}
+    receipt = item.receipt if isinstance(item, TurnResult) and item.replayed else None
+    if receipt is not None:
+        extra["replayed"] = True
     return Outcome(item.reply, usage_block(int(prompt), int(completion), item.cached_tokens),
-                   _finish_reason(int(completion), plan, mc.settings), extra)
+                   _finish_reason(int(completion), plan, mc.settings), extra, receipt)
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -410,13 +421,17 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
     mc = server.memchat
     extra: dict[str, Any] = {}
     obs = server.metrics.turn("thread" if plan.thread_id else "stateless")
+    cid, created = new_completion_id(), int(time.time())
     try:
         if plan.thread_id:
             tid = plan.thread_id
+            receipt = {"id": cid, "created": created}
+            server.gate.enter(tid)  # 409 thread_busy at once when the thread's queue is full
 
             def make() -> Iterator[Any]:
-                return mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
-                                      llm_params=plan.llm_params or None)
+                return server.gate.wrap(tid, mc.stream_turn(
+                    tid, plan.message, user_id=plan.user_id, persona=plan.persona,
+                    llm_params=plan.llm_params or None, idempotency_key=plan.idempotency_key, receipt=receipt))
             cancel = False
         else:
             prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona,
@@ -433,13 +448,15 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
 
     items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
-    cid = new_completion_id()
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
         try:
             async for item in items:
                 if isinstance(item, Outcome):
                     body = completion_body(cid, model, item.reply, item.finish, item.usage, item.extra)
+                    body["created"] = created  # what a replay of a keyed turn answers too
+                    if item.receipt:  # a replayed turn: its first answer's id and time
+                        body.update(id=item.receipt.get("id") or cid, created=item.receipt.get("created") or created)
                     return JSONResponse(jsonable_encoder(body), headers=headers)
             raise RuntimeError("the turn ended without a result")
         except Exception as exc:
@@ -454,13 +471,14 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
     except Exception as exc:
         await items.aclose()
         raise _api_error(exc, plan.thread_id) from exc
-    return StreamingResponse(_stream(first, items, plan, cid, model), media_type="text/event-stream",
+    if isinstance(first, Outcome) and first.receipt:
+        cid, created = first.receipt.get("id") or cid, first.receipt.get("created") or created
+    return StreamingResponse(_stream(first, items, plan, cid, model, created), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _stream(first: str | Outcome, items: AsyncGenerator[str | Outcome, None], plan: ChatPlan, cid: str,
-                  model: str) -> AsyncIterator[bytes]:
-    created = int(time.time())
+                  model: str, created: int) -> AsyncIterator[bytes]:
     with_usage = plan.req.include_usage()
     yield _sse(chunk_body(cid, created, model, {"role": "assistant", "content": ""}, with_usage_field=with_usage))
     try:
@@ -469,6 +487,8 @@ async def _stream(first: str | Outcome, items: AsyncGenerator[str | Outcome, Non
             if isinstance(item, str):
                 yield _sse(chunk_body(cid, created, model, {"content": item}, with_usage_field=with_usage))
             else:
+                if item.receipt and item.reply:  # a replayed turn: its stored reply in one piece
+                    yield _sse(chunk_body(cid, created, model, {"content": item.reply}, with_usage_field=with_usage))
                 yield _sse(chunk_body(cid, created, model, {}, item.finish, with_usage_field=with_usage))
                 if with_usage:
                     yield _sse(chunk_body(cid, created, model, None, usage=item.usage))
@@ -639,11 +659,12 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         tid = await _known(thread_id)
         await server.require_backend()
         try:
-            return jsonable_encoder(await server.call(memchat.summarize_now, tid))
+            with server.gate.held(tid):
+                return jsonable_encoder(await server.call(memchat.summarize_now, tid))
         except KeyError as exc:
             raise APIError(404, f"thread {thread_id!r} not found", code="thread_not_found") from exc
         except RuntimeError as exc:
-            if isinstance(exc, BackendError):
+            if isinstance(exc, (BackendError, ThreadBusy)):
                 raise _api_error(exc, thread_id) from exc
             raise APIError(503, str(exc), type="server_error", code="summary_failed") from exc
 
@@ -658,7 +679,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     # ---- LangServe ----
     from server.langserve_routes import mount_graph
 
-    mount_graph(app, memchat, server.metrics, settings)
+    mount_graph(app, memchat, server.metrics, settings, gate=server.gate)
 
     # ---- web page (behind auth: the API key as Bearer, or the session cookie from /login) ----
     @app.get("/", include_in_schema=False)

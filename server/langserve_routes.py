@@ -9,6 +9,7 @@ thread comes from the ``X-Thread-ID`` header (or ``config.configurable.thread_id
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,8 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.chat import MemChat
 from graph.llm import BackendBusy, BackendError, BackendRejected
+from graph.persistence import ThreadBusy
+from graph.receipts import IdempotencyConflict
 from graph.settings import Settings
 from nodes.common import text_of
+from server.admission import IDEMPOTENCY_HEADER, ThreadGate, idempotency_key
 from server.metrics import ServerMetrics
 from server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
 
@@ -67,6 +71,9 @@ CONFIG_SPECS = [
                           description="Whose long-term memory (the X-User-ID header overrides it)"),
     ConfigurableFieldSpec(id="llm_params", annotation=dict, name="LLM parameters", default=None,
                           description="max_tokens, temperature, top_p, stop, seed, response_format"),
+    ConfigurableFieldSpec(id="idempotency_key", annotation=str, name="Idempotency key", default=None,
+                          description="A retry with the same key on the thread returns the thread's state without "
+                                      "running the turn again (the Idempotency-Key header sets it)"),
 ]
 
 
@@ -100,6 +107,7 @@ class TurnArgs:
     user_id: str | None
     persona: str | None
     llm_params: dict[str, Any] | None
+    idempotency_key: str | None = None
 
 
 def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int, require_user: bool = False) -> TurnArgs:
@@ -136,7 +144,12 @@ def parse_turn(inp: Any, conf: dict[str, Any], max_chars: int, require_user: boo
     user = _checked_id(conf.get("user_id") or _field(inp, "user_id"), "user_id")
     if require_user and not user:
         raise GraphInputError(400, USER_REQUIRED, code="user_required")
-    return TurnArgs(tid, message, user, persona, check_llm_params(conf.get("llm_params")))
+    key = conf.get("idempotency_key")
+    try:
+        key = idempotency_key({IDEMPOTENCY_HEADER: key}) if key is not None else None
+    except (APIError, AttributeError) as exc:
+        raise GraphInputError(400, getattr(exc, "message", "configurable.idempotency_key must be a string")) from exc
+    return TurnArgs(tid, message, user, persona, check_llm_params(conf.get("llm_params")), key)
 
 
 def check_llm_params(params: Any) -> dict[str, Any] | None:
@@ -156,7 +169,7 @@ def check_llm_params(params: Any) -> dict[str, Any] | None:
 
 
 def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
-                   settings: Settings | None = None) -> Runnable[Any, Any]:
+                   settings: Settings | None = None, gate: ThreadGate | None = None) -> Runnable[Any, Any]:
     """The graph as a runnable that runs one atomic MemChat turn per call (sync; async runs in a thread).
 
     Invalid input raises :class:`GraphInputError` (answered 400/413 by the app, not 500)."""
@@ -167,9 +180,15 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
         t = parse_turn(inp, dict(config.get("configurable") or {}), max_chars, require_user)
         obs = metrics.turn("graph") if metrics is not None else None
         try:
-            result = memchat.turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
-                                  llm_params=t.llm_params,
-                                  on_token=(lambda _t: obs.token()) if obs is not None else None)
+            with gate.held(t.thread_id) if gate is not None else contextlib.nullcontext():
+                result = memchat.turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
+                                      llm_params=t.llm_params, idempotency_key=t.idempotency_key,
+                                      on_token=(lambda _t: obs.token()) if obs is not None else None)
+        except (APIError, ThreadBusy, IdempotencyConflict) as exc:  # busy thread, reused key: 409 / 422
+            if obs is not None:
+                obs.failed("thread_busy" if not isinstance(exc, IdempotencyConflict) else "idempotency_key_reused")
+            status, code = (422, "idempotency_key_reused") if isinstance(exc, IdempotencyConflict) else (409, "thread_busy")
+            raise GraphInputError(status, getattr(exc, "message", None) or str(exc), code=code) from exc
         except BaseException as exc:
             if obs is not None:
                 code = "backend_timeout" if "Timeout" in type(exc).__name__ else (
@@ -249,7 +268,8 @@ class GraphPrecheck:
                     return None
                 conf = (config or {}).get("configurable") if isinstance(config, dict) else None
                 conf = dict(conf) if isinstance(conf, dict) else {}
-                for header, key in (("x-thread-id", "thread_id"), ("x-user-id", "user_id")):
+                for header, key in (("x-thread-id", "thread_id"), ("x-user-id", "user_id"),
+                                    (IDEMPOTENCY_HEADER, "idempotency_key")):
                     if headers.get(header):
                         conf[key] = headers[header]
                 parse_turn(inp, conf, self.max_chars, self.require_user)
@@ -284,6 +304,11 @@ def per_request_config(config: dict[str, Any], request: Request) -> dict[str, An
         conf["thread_id"] = tid
     if user:
         conf["user_id"] = user
+    if request.headers.get(IDEMPOTENCY_HEADER) is not None:
+        if request.url.path.endswith("/batch"):
+            raise HTTPException(400, "in a batch, send one configurable.idempotency_key per item, not the "
+                                     "Idempotency-Key header")
+        conf["idempotency_key"] = request.headers[IDEMPOTENCY_HEADER]
     if not conf.get("thread_id") and request.url.path.endswith(RUN_SUFFIXES):
         raise HTTPException(400, "send the thread id in the X-Thread-ID header (or config.configurable.thread_id)")
     config["configurable"] = conf
@@ -291,12 +316,12 @@ def per_request_config(config: dict[str, Any], request: Request) -> dict[str, An
 
 
 def mount_graph(app: FastAPI, memchat: MemChat, metrics: ServerMetrics | None = None,
-                settings: Settings | None = None, path: str = "/graph") -> None:
+                settings: Settings | None = None, path: str = "/graph", gate: ThreadGate | None = None) -> None:
     """Mount the graph with ``langserve.add_routes`` (add :class:`GraphPrecheck` as the innermost
     middleware too)."""
     from langserve import add_routes
 
-    add_routes(app, graph_runnable(memchat, metrics, settings), path=path,
+    add_routes(app, graph_runnable(memchat, metrics, settings, gate), path=path,
                per_req_config_modifier=per_request_config,
                enabled_endpoints=("invoke", "batch", "stream", "stream_log", "stream_events", "input_schema",
                                   "output_schema", "config_schema", "playground"))

@@ -35,6 +35,8 @@ FAILURE_COUNTERS = {
     "summary_failures": "L1/L2 summaries that failed (invalid JSON, timeout, backend error); the turn was answered "
                         "with an extractive fallback",
     "retrieval_failures": "Retrievals that failed; the turn was answered without recalled memories",
+    "memory_write_failures": "Vector-memory writes that failed after the turn was saved; written again before "
+                             "the thread's next turn",
 }
 MODES = ("thread", "stateless", "graph")
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -165,6 +165,16 @@ def test_two_processes_alternate_on_one_thread(chats: Chats) -> None:
         assert values.get("order_number") == "A-778" and values.get("occupation") == "pilot"
 
 
+def test_an_idempotency_key_is_honoured_by_another_process(chats: Chats) -> None:
+    """The result of a keyed turn lives in the shared checkpoint: a retry on another replica replays it."""
+    a, b = chats.new(), chats.new()
+    first = a.turn("keyed", "Book a table for two.", user_id="u6", idempotency_key="k-1", receipt={"id": "c-1"})
+    again = b.turn("keyed", "Book a table for two.", user_id="u6", idempotency_key="k-1", receipt={"id": "c-2"})
+    assert not first.replayed and again.replayed
+    assert (again.reply, again.turn, again.receipt["id"]) == (first.reply, 1, "c-1")
+    assert b.memory("keyed")["turns"] == 1
+
+
 # --------------------------------------------------------------------------- PostgreSQL only
 
 

@@ -86,6 +86,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres
                 "MEMCHAT_LLM_API_KEY": LLM_KEY,
                 "MEMCHAT_API_KEY": API_KEY,
                 "MEMCHAT_DATA_DIR": str(data_dir),
+                "MEMCHAT_THREAD_WAIT": "300",  # six turns queued on a cold, loaded CI machine: no 409 here
                 "HF_HUB_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
             })
