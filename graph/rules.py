@@ -10,6 +10,7 @@ from graph.rules_en_asks import forget_requests_en
 from graph.rules_en_asks import instructions as en_instructions
 from graph.rules_en_asks import tasks as en_tasks
 from graph.rules_guard import (
+    before_condition,
     clauses,
     is_correction,
     is_hypothetical,
@@ -55,6 +56,8 @@ def sentence_ops(sent: str, corrective: bool = False) -> list[Candidate]:
     forget = forget_requests_en(s) if not has_cjk(s) else forget_requests_zh(s)
     if forget and (not is_question(s) or _POLITE.search(s)):
         return forget
+    if is_hypothetical(s):
+        s = before_condition(s)
     if not s or is_question(s) or is_hypothetical(s) or is_reported(s):
         return []
     ops = [] if has_cjk(s) else en.sentence_level(s)

@@ -17,9 +17,10 @@ _I = re.I
 ADV = r"(?:(?:now|currently|still|also|actually|just|recently|finally|really|already|officially|definitely|" \
       r"honestly|basically|mostly|even|kind of|originally)\s+)*"
 NAME = r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*){0,3}"
-PLACE = r"(?:the\s+)?[A-Z][\w'.-]*(?:\s+(?:[A-Z][\w'.-]*|de|del|da|la|upon|am|of)(?=\s+[A-Z]|\s*$|[\s,.]))*(?:\s+[A-Z][\w'.-]*)?"
+PLACE = r"(?:(?i:the)\s+)?[A-Z][\w'.-]*(?:\s+(?:[A-Z][\w'.-]*|de|del|da|la|upon|am|of)(?=\s+[A-Z]|\s*$|[\s,.]))*(?:\s+[A-Z][\w'.-]*)?"
 _TAIL = re.compile(r"\s+(?:any ?more|after all|either|now|though|too|as well|at the moment|right now|this week|"
-                   r"these days|for now|anyway|again|please)$", _I)
+                   r"these days|for now|anyway|again|please|last (?:week|month|year)|this (?:morning|year|month)|"
+                   r"recently|yesterday|today|in \d{4})$", _I)
 
 
 def _tail(v: str) -> str:
@@ -79,22 +80,27 @@ def names(cl: str) -> list[Candidate]:
     return []
 
 
+_PLACE_SET = [
+    re.compile(rf"\b(?i:(?:i|we)\s+{ADV}(?:live|reside|am living|'m living|are living|'re living)\s+in)\s+(?P<v>{PLACE})"),
+    re.compile(rf"\b(?i:(?:i'm|i am|we're|we are)\s+{ADV}(?:based|located|living|staying|settled)\s+in)\s+(?P<v>{PLACE})"),
+    re.compile(rf"\b(?i:(?:i|we)\s+(?:'ve\s+|have\s+)?{ADV}(?:moved|relocated|moved house)\s+(?:back\s+)?(?:to|into))\s+"
+               rf"(?P<v>{PLACE})"),
+]
+_PLACE_NEG = re.compile(rf"\b(?i:(?:i|we)\s+(?:don't|do not|no longer|no more)\s+{ADV}live in)\s+(?P<v>{PLACE})|"
+                        rf"\b(?i:(?:i|we)\s+(?:'ve\s+|have\s+)?moved (?:away )?(?:out of|away from))\s+(?P<w>{PLACE})")
+
+
 def places(cl: str) -> list[Candidate]:
-    """Where the user lives, moves to, or no longer lives."""
-    neg = re.search(rf"\b(?:i|we)\s+(?:don't|do not|no longer|no more)\s+{ADV}live in\s+(?P<v>{PLACE})|"
-                    rf"\b(?:i|we)\s+(?:'ve\s+|have\s+)?moved (?:away )?(?:out of|away from)\s+(?P<w>{PLACE})", cl, _I)
+    """Where the user lives, moves to, or no longer lives (place names are capitalised)."""
     out = []
+    neg = _PLACE_NEG.search(cl)
     if neg:
-        v = neg.group("v") or neg.group("w")
-        out.append(_c("fact", "location", _tail(v), cl, "retract", _tail(v)))
-    pats = [rf"\b(?:i|we)\s+{ADV}(?:live|reside|am living|'m living|are living|'re living)\s+in\s+(?P<v>{PLACE})",
-            rf"\b(?:i'm|i am|we're|we are)\s+{ADV}(?:based|located|living|staying|settled)\s+in\s+(?P<v>{PLACE})",
-            rf"\b(?:i|we)\s+(?:'ve\s+|have\s+)?{ADV}(?:moved|relocated|moved house)\s+(?:back\s+)?(?:to|into)\s+"
-            rf"(?P<v>{PLACE})"]
-    for p in pats:
-        m = re.search(p, cl, _I)
-        if m and m.group("v")[:1].isupper() or (m and m.group("v").lower().startswith("the ")):
-            out.append(_c("fact", "location", _tail(m.group("v")), cl))
+        v = _tail(neg.group("v") or neg.group("w"))
+        out.append(_c("fact", "location", v, cl, "retract", v))
+    for pat in _PLACE_SET:
+        m = pat.search(cl)
+        if m:
+            out.append(_c("fact", "location", _tail(re.sub(r"^the\s+", "", m.group("v"), flags=_I)), cl))
             break
     return out
 
@@ -165,9 +171,11 @@ def work(cl: str) -> list[Candidate]:
             if len(parts) > 1:
                 out.append(_c("fact", "employer", _tail(parts[1]), cl))
     m = re.search(r"\bi (?:work|am working|'m working)\s+as\s+(?:an?\s+)?(?P<v>[^,;.!?]+?)(?:\s+(?:at|for)\s+"
-                  r"(?P<o>[^,;.!?]+))?$", cl, _I)
+                  r"(?P<o>[^,;.!?]+))?\s*[.!]*$", cl, _I)
     if m:
-        out.append(_c("fact", "occupation", _tail(m.group("v")), cl))
+        words = m.group("v").split()
+        job = _job_value(words) or re.split(r"\s+(?:in|at|for|with|on)\s+", m.group("v"))[0]
+        out.append(_c("fact", "occupation", _tail(job), cl))
         if m.group("o"):
             out.append(_c("fact", "employer", _tail(m.group("o")), cl))
     elif m := re.search(r"\bi (?:work|am working|'m working|am employed|'m employed)\s+(?:at|for|by)\s+"
@@ -193,11 +201,20 @@ _ID = re.compile(r"\b(?P<noun>" + "|".join(ID_NOUNS_EN) + r")(?:\s*(?:number|no\
                  _I)
 
 
+_ANY_ID = re.compile(r"(?<![\w-])#?[A-Za-z0-9][A-Za-z0-9_/-]*\d[A-Za-z0-9_/-]*(?![\w-])")
+
+
 def ids(cl: str) -> list[Candidate]:
     """Order, ticket, account… numbers: the id span only."""
     out = []
     for m in _ID.finditer(cl):
         v = m.group("v")
         if any(ch.isdigit() for ch in v) and len(v.strip("#")) >= 3:
-            out.append(_c("fact", ID_NOUNS_EN[m.group("noun").lower()], v, cl))
+            key = ID_NOUNS_EN[m.group("noun").lower()]
+            more = [x for x in _ANY_ID.findall(cl[m.end():]) if any(ch.isdigit() for ch in x)]
+            if more and re.search(r"\b(?:is|was|should be|to|->|not)\b|→", cl[m.end():], _I):
+                out.append(_c("fact", key, more[-1], cl, "correct", v))  # "order X is really Y"
+            else:
+                out.append(_c("fact", key, v, cl))
+            break
     return out

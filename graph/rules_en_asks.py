@@ -58,13 +58,11 @@ def instructions(cl: str) -> list[Candidate]:
     if ok and (style := _style(ok.group(0))):
         return [_c("preference", style, ok.group(0), cl, "retract")]
     if _RETRACT.search(cl):
-        topics = _topics(cl)
         style = _style(cl)
-        out = [_c("instruction", t, cl, cl, "retract") for t in topics if t != "format" or not style]
-        if style and re.search(r"\b(?:no more|stop using|drop the|skip the)\b", cl, _I):
+        out = [_c("instruction", t, cl, cl, "retract") for t in _topics(cl)]
+        if style and re.search(r"\b(?:no more|stop using)\b", cl, _I):
             out.append(_c("preference", style, cl, cl))  # "no more emojis": a standing "don't"
-            out.append(_c("instruction", "format", style.replace("_", " "), cl, "retract"))
-        elif style and not out:
+        elif style:
             out.append(_c("preference", style, cl, cl, "retract"))
         if out:
             return out

@@ -75,6 +75,16 @@ def is_hypothetical(sent: str) -> bool:
     return bool(HYPOTHETICAL_EN.search(sent) or HYPOTHETICAL_ZH.search(sent))
 
 
+def before_condition(sent: str) -> str:
+    """An English main clause before a trailing condition ("Email me at X if anything changes" -> "Email me
+    at X"); empty when the sentence opens with the condition."""
+    m = HYPOTHETICAL_EN.search(sent)
+    if has_cjk(sent) or not m or m.start() == 0 or not re.search(r"[\w]", sent[: m.start()]):
+        return ""
+    head = sent[: m.start()].rstrip(" ,;")
+    return "" if HYPOTHETICAL_EN.search(head) or re.search(r"\b(?:would|could|might|'d)\b", head, re.I) else head
+
+
 def is_reported(sent: str) -> bool:
     """Someone other than the user speaks ("the captain says", "他说")."""
     for m in REPORT_EN.finditer(sent):

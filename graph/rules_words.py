@@ -20,7 +20,7 @@ HYPOTHETICAL_EN = re.compile(
 HYPOTHETICAL_ZH = re.compile(r"假如|如果|假设|要是|万一|假若|倘若|的话|想象|设想|比如|例如|譬如|假使")
 REPORT_EN = re.compile(
     r"\b(?P<subj>\w+)\s+(?:says|said|say|shouts|shouted|tells|told|writes|wrote|asks|asked|claims|claimed|"
-    r"replies|replied|answers|answered|yells|yelled|whispers|whispered|thinks|thought|believes|believed|"
+    r"yells|yelled|whispers|whispered|thinks|thought|believes|believed|"
     r"insists|insisted|texted|emailed)\b", re.I)
 REPORT_ZH = re.compile(r"(?P<subj>[^\s，,。我]{0,1})(?:说|讲|喊|道|问|写道|声称|表示|告诉我|认为|觉得)(?![错过话明])")
 QUOTES = re.compile(r"\"[^\"]*\"|“[^”]*”|「[^」]*」|『[^』]*』|‘[^’]*’|(?<!\w)'[^']{3,}'(?!\w)")
