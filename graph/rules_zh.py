@@ -188,6 +188,9 @@ _ID = re.compile(r"(?P<noun>" + "|".join(sorted(ID_NOUNS_ZH, key=len, reverse=Tr
                  r"(?:码)?(?:其实|应该|现在|改成|改为|换成|是|为|:|：|\s)*(?P<v>#?[A-Za-z0-9…][A-Za-z0-9_…-]*[A-Za-z0-9])")
 
 
+_ANY_ID = re.compile(r"(?<![A-Za-z0-9_-])#?[A-Za-z0-9][A-Za-z0-9_-]*\d[A-Za-z0-9_-]*(?![A-Za-z0-9_-])")
+
+
 def ids(cl: str, inh: str) -> list[Candidate]:
     """订单号/工单号/账号…: the ASCII id only (it stops where the id stops)."""
     out = []
@@ -197,7 +200,13 @@ def ids(cl: str, inh: str) -> list[Candidate]:
         if re.search(PERSON_ZH, pre) or re.search(r"他|她|你|您|别人", pre):
             continue
         if any(ch.isdigit() for ch in v) and len(v.strip("#")) >= 3:
-            out.append(_c("fact", ID_NOUNS_ZH[m.group("noun")], v, cl))
+            key = ID_NOUNS_ZH[m.group("noun")]
+            more = _ANY_ID.findall(cl[m.end():])
+            if more and re.search(r"应该是|改成|改为|换成|其实是|是|→|->", cl[m.end():]):
+                out.append(_c("fact", key, more[-1], cl, "correct", v))  # "订单号X应该是Y"
+            else:
+                out.append(_c("fact", key, v, cl))
+            break
     a = re.search(r"(?:收货|送货|家庭|家|公司|寄送|邮寄|新)?地址(?:是|为|:|：|改成|改为|换成|更新为)\s*(?P<v>[^，,。！!？?；;]{4,60})", cl)
     if a and mine(re.sub(r"的$", "", cl[: a.start()]), inh)[0]:
         out.append(_c("fact", "address", a.group("v"), cl))

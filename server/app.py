@@ -645,6 +645,10 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         return {"user_id": user_id, "object": "user.memory.deleted", "deleted": True,
                 "threads_deleted": res.get("threads_deleted", []), "memories_removed": res.get("memories_removed")}
 
+    from server.users_routes import mount_users
+
+    mount_users(app, memchat, server.call)
+
     # ---- LangServe ----
     from server.langserve_routes import mount_graph
 
