@@ -43,7 +43,7 @@ def _is_name(v: str) -> bool:
 
 _NAME_RULES = [
     re.compile(rf"\b(?i:my (?:full |first )?name(?:'s| is)\s+){ADV}(?P<v>{NAME})"),
-    re.compile(rf"\b(?i:(?:you can |please |just )?call me|i go by|i'm called|i am called|people call me)\s+(?P<v>{NAME})"),
+    re.compile(rf"\b(?i:(?:you can |please |just )?call me|i go by|i'm called|i am called|calls? me)\s+(?P<v>{NAME})"),
     re.compile(rf"^(?i:i'm|i am|im)\s+(?P<v>{NAME})(?=\s*$|\s*[,.!;]|\s+(?i:and|from|here|by)\b)"),
 ]
 _NAME_FIX = [
@@ -83,11 +83,11 @@ def names(cl: str) -> list[Candidate]:
 _PLACE_SET = [
     re.compile(rf"\b(?i:(?:i|we)\s+{ADV}(?:live|reside|am living|'m living|are living|'re living)\s+in)\s+(?P<v>{PLACE})"),
     re.compile(rf"\b(?i:(?:i'm|i am|we're|we are)\s+{ADV}(?:based|located|living|staying|settled)\s+in)\s+(?P<v>{PLACE})"),
-    re.compile(rf"\b(?i:(?:i|we)\s+(?:'ve\s+|have\s+)?{ADV}(?:moved|relocated|moved house)\s+(?:back\s+)?(?:to|into))\s+"
+    re.compile(rf"\b(?i:(?:i|we)(?:'ve|\s+have)?\s+{ADV}(?:moved|relocated|moved house)\s+(?:back\s+)?(?:to|into))\s+"
                rf"(?P<v>{PLACE})"),
 ]
 _PLACE_NEG = re.compile(rf"\b(?i:(?:i|we)\s+(?:don't|do not|no longer|no more)\s+{ADV}live in)\s+(?P<v>{PLACE})|"
-                        rf"\b(?i:(?:i|we)\s+(?:'ve\s+|have\s+)?moved (?:away )?(?:out of|away from))\s+(?P<w>{PLACE})")
+                        rf"\b(?i:(?:i|we)(?:'ve|\s+have)?\s+moved (?:away )?(?:out of|away from))\s+(?P<w>{PLACE})")
 
 
 def places(cl: str) -> list[Candidate]:

@@ -120,9 +120,16 @@ def strip_lead(clause: str) -> str:
     return clause
 
 
+_CALLED = re.compile(r"^(?:大家|朋友们|朋友|同事们|家里人|身边的人)(?:都|一般|平时|通常)*叫我|"
+                     r"^(?:everyone|everybody|people|friends|my friends|most people)\s+(?:usually\s+|just\s+)?"
+                     r"calls? me\b", re.I)
+
+
 def subject(clause: str) -> str:
     """"1" the user, "3" someone else, "" no explicit subject (inherits)."""
     c = strip_lead(clause)
+    if _CALLED.search(c):
+        return "1"  # "大家都叫我阿杰", "my friends call me Bo": about the user's own name
     if has_cjk(c):
         if re.match(r"^(?:我们|咱们)", c):
             return "1"

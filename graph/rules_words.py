@@ -12,7 +12,7 @@ QUESTION_START_EN = frozenset(
 QUESTION_CUES_EN = re.compile(
     r"\b(?:do you (?:remember|know|recall)|am i right|did i (?:tell|say|mention)|remind me|tell me (?:my|what|where|"
     r"who|again)|what(?:'s| is| was) my|again\?)", re.I)
-QUESTION_ZH = re.compile(r"什么|啥|多少|哪|谁|几[号点岁个次时天月年]|怎么|为什么|如何|是否|是不是|有没有|能不能|可不可以|"
+QUESTION_ZH = re.compile(r"什么|啥|多少|哪|谁|(?<![前这好十过那])几[号点岁个次时天月年]|怎么|为什么|如何|是否|是不是|有没有|能不能|可不可以|"
                          r"对不对|来着|[吗呢嘛][\s。！!]*$")
 HYPOTHETICAL_EN = re.compile(
     r"\b(?:if|suppose|supposing|imagine|imagining|what if|let's say|lets say|pretend|hypothetically|in case|"

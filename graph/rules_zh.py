@@ -24,6 +24,7 @@ from graph.slot_ops import Candidate, clean
 _FILLER = frozenset("其实 现在 目前 已经 也 还 都 一直 平时 本人 自己 真的 确实 刚 刚刚 才 就 又 再 不再 最近 这周 本周 "
                     "今年 如今 终于 早就 总是 常年 长期 从小 一般 主要 重新 马上 之前 之后 以前 原来 后来 那 这 哦 嗯 "
                     "对了 另外 而且 并且 然后 但是 不过 所以 我们 咱们 一家 全家 说错了 搞错了 更正 纠正 不对 其实是".split())
+_TIME_FLAGS = ("t", "d", "f", "m", "c", "y", "e", "u")
 _NEG = re.compile(r"不再|已经不|不|没有|没")
 _STOP = re.compile(r"了|啦|呢|啊|吧|哦|呀|已经|很多|好几|几年|多年|一段|这边|那边|工作|上班|生活|居住|定居|住|"
                    r"的时候|以后|之后|现在|目前|快|了")
@@ -43,8 +44,8 @@ def mine(prefix: str, inherited: str) -> tuple[bool, bool]:
     for w in sorted(_FILLER, key=len, reverse=True):
         rest = rest.replace(w, "")
     rest = _NEG.sub("", rest).replace("我", "").replace("的", "").strip(" ，,")
-    if rest:
-        return False, neg
+    if rest and any(flag[:1] not in _TIME_FLAGS for _, flag in pos_tags(rest)):
+        return False, neg  # a time word or adverb ("上个月", "刚刚") may stand before the anchor; a noun may not
     return ("我" in p or inherited != "3"), neg
 
 
@@ -74,6 +75,8 @@ def _name(v: str, strict: bool) -> str:
         return v
     if not re.fullmatch(r"[\u4e00-\u9fff]{2,4}", v) or v[-1] in NAME_BAD_END_ZH:
         return ""
+    if not strict and any(flag[:1] in ("v", "t", "d", "p") for _, flag in pos_tags(v)):
+        return ""  # "他叫我明天来": 叫我 + a verb phrase is no name
     if strict:  # "我是X": only a surname-led name is a name ("我是老客户了" is not)
         if not (v[0] in SURNAMES or v.startswith(COMPOUND_SURNAMES)) or len(v) > (4 if v[:2] in COMPOUND_SURNAMES else 3):
             return ""
