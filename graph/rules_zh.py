@@ -24,6 +24,7 @@ from graph.slot_ops import Candidate, clean
 _FILLER = frozenset("其实 现在 目前 已经 也 还 都 一直 平时 本人 自己 真的 确实 刚 刚刚 才 就 又 再 不再 最近 这周 本周 "
                     "今年 如今 终于 早就 总是 常年 长期 从小 一般 主要 重新 马上 之前 之后 以前 原来 后来 那 这 哦 嗯 "
                     "对了 另外 而且 并且 然后 但是 不过 所以 我们 咱们 一家 全家 说错了 搞错了 更正 纠正 不对 其实是".split())
+_PAST = re.compile(r"以前|之前|原来|过去|曾经|小时候|从前|早年|那时|当年|上学时")
 _TIME_FLAGS = ("t", "d", "f", "m", "c", "y", "e", "u")
 _NEG = re.compile(r"不再|已经不|不|没有|没")
 _STOP = re.compile(r"了|啦|呢|啊|吧|哦|呀|已经|很多|好几|几年|多年|一段|这边|那边|工作|上班|生活|居住|定居|住|"
@@ -39,6 +40,8 @@ def mine(prefix: str, inherited: str) -> tuple[bool, bool]:
     p = prefix.strip()
     if re.search(PERSON_ZH, p) or re.search(r"他|她|它|你|您|别人|人家|大家|对方", p):
         return False, False
+    if _PAST.search(p):
+        return False, False  # "我以前住在北京": no longer current
     neg = bool(_NEG.search(p))
     rest = p
     for w in sorted(_FILLER, key=len, reverse=True):

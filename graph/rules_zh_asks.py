@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from graph.rules_guard import pos_tags
 from graph.rules_words import FORMAT_ZH, LANG_ZH, LENGTH_ZH, STYLE_ZH, TONE_ZH, attr_keys
 from graph.rules_zh import mine
 from graph.slot_ops import Candidate, clean
@@ -68,8 +69,9 @@ def tasks(cl: str, inh: str) -> list[Candidate]:
         if not re.search(r"他|她|你|别人", before):
             return [_c("task", "current", obj, cl, "complete")]
     m = re.search(rf"(?:正在|在|正|忙着|着手)(?P<verb>{_TASK_VERBS})(?P<v>[^，,。！!？?；;]{{2,40}})", cl)
-    if m and mine(cl[: m.start()], inh)[0]:
+    if m and mine(cl[: m.start()], inh)[0] and m.group("verb") in {w for w, _ in pos_tags(cl)}:
         v = re.sub(r"了$|呢$|中$", "", m.group("v"))
+        v = m.group("verb") + v if len(v) <= 2 else v  # "找工作", "学日语"
         if len(v) >= 2 and not re.match(r"^(?:什么|啥|饭|作业呢)", v):
             return [_c("task", "current", v, cl)]
     return []
