@@ -155,3 +155,21 @@ def test_through_memchat_and_api(memchat: MemChat, fake_llm: ScriptedChatModel, 
         assert all(e["why"] and e["thread_id"] == "t1" for e in rows)
         bad = httpx.get(f"{url}/v1/users/a%2Fb/audit", headers={"Authorization": f"Bearer {KEY}"})
         assert bad.status_code in (400, 404)
+
+
+def test_bench_slots_scores_cases(tmp_path, capsys) -> None:
+    import json
+
+    from bench.slots import main
+
+    cases = [{"id": "en", "turns": ["I'm Odile and I live in Nantes.", "If I lived in Lyon, what then?"],
+              "ask": "Where do I live?", "expect": [{"kinds": ["fact"], "any": ["Nantes"]},
+                                                    {"kinds": ["fact"], "any": ["Odile"]}], "forbid": ["Lyon"]},
+             {"id": "zh", "turns": ["我姐姐叫宋佳。"], "ask": "我叫什么？", "expect": [{"kinds": ["fact"], "any": ["宋佳"]}],
+              "forbid": []}]
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
+    assert main(["--data", str(path), "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["cases"], out["slot_recall"], out["false_free"]) == (2, round(2 / 3, 4), 1.0)
+    assert [f["id"] for f in out["failing"]] == ["zh"] and out["failing"][0]["missed"] == ["宋佳"]
