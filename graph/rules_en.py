@@ -126,6 +126,9 @@ def allergies_diet(cl: str) -> list[Candidate]:
                   r"(?:eat|drink|have)\s+[^,;.!?]+)", cl, _I)
     if m:
         out.append(_c("fact", "diet", _tail(m.group("v")), cl))
+    back = re.search(r"\bi\s+(?:now\s+|can\s+|do\s+)*(?:eat|drink)\s+(?P<v>[^,;.!?]+?)\s+(?:again|now|these days)\b", cl, _I)
+    if back:
+        out.append(_c("fact", "diet", back.group("v"), cl, "retract", back.group("v")))  # "I eat meat again"
     m = re.search(r"\bi\s+(?P<v>(?:avoid|keep kosher|keep halal|eat halal|eat kosher)\b[^,;.!?]*)", cl, _I)
     if m and not re.search(r"avoid (?:talking|using|saying)", cl, _I):
         out.append(_c("fact", "diet", _tail(m.group("v")), cl))

@@ -145,6 +145,9 @@ def allergies_diet(cl: str, inh: str) -> list[Candidate]:
     m = re.search(r"(?P<v>(?:不|不能|不敢|没法)(?:吃|喝)|忌口|吃不了|喝不了)(?P<o>[^，,。了]{1,10})", cl)
     if m and mine(cl[: m.start()], inh)[0] and not re.search(r"饭|东西|早饭|午饭|晚饭|早餐", m.group("o")):
         out.append(_c("fact", "diet", m.group("v") + m.group("o"), cl))
+    back = re.search(r"(?:现在|又|开始|已经|能|可以)+(?:吃|喝)(?P<o>[^，,。了]{1,10})了", cl)
+    if back and mine(cl[: back.start()], inh)[0]:
+        out.append(_c("fact", "diet", back.group("o"), cl, "retract", back.group("o")))  # "我现在吃牛肉了"
     m = re.search(r"吃素|素食(?:者|主义者)?|纯素", cl)
     if m and mine(re.sub(r"是$", "", cl[: m.start()]), inh)[0]:
         out.append(_c("fact", "diet", m.group(0), cl))

@@ -17,6 +17,9 @@ _DONE = re.compile(r"(?:写完|做完|弄完|搞定|完成|交了|提交了|发�
                    r"不做了|不写了|取消了|放弃了)")
 
 
+_V_DONE = re.compile(r"(?<=[\u4e00-\u9fff]{2})[\u4e00-\u9fff]完了")  # "雅思考完了": an object, then V完了
+
+
 def _c(kind: str, key: str, value: str, ev: str, op: str = "set") -> Candidate:
     return Candidate(kind=kind, key=f"{kind}:{key}", value=clean(value), evidence=ev, op=op)
 
@@ -61,7 +64,7 @@ def instructions(cl: str) -> list[Candidate]:
 
 def tasks(cl: str, inh: str) -> list[Candidate]:
     """我正在写X / 这周在准备X; X已经写完了 / 我写完了 -> completion."""
-    m = _DONE.search(cl)
+    m = _DONE.search(cl) or _V_DONE.search(cl)
     if m:
         before, after = cl[: m.start()], cl[m.end():]
         obj = re.sub(r"^我|已经|终于|总算|都|全部|刚|刚刚|把|了$", "", before)
@@ -79,8 +82,10 @@ def tasks(cl: str, inh: str) -> list[Candidate]:
 
 def forget_requests_zh(sent: str) -> list[Candidate]:
     """忘记我过敏的事吧, 删除我的地址, 别记我的电话了."""
-    m = re.search(r"(?:忘记|忘掉|删除|删掉|清除|清掉|抹掉|别记|不要记|不用记)(?:住)?(?:掉)?(?P<v>[^。！!？?]{1,20})", sent)
+    m = re.search(r"(?:忘记|忘掉|删除|删掉|清除|清掉|抹掉|别记|不要记|不用记)(?:住)?(?:掉)?(?P<v>[^。！!？?]{1,20})|"
+                  r"把(?P<v2>[^。！!？?]{1,20}?)(?:删掉|删除|删了|忘掉|忘了|清除|清掉|去掉)", sent)
     if not m or re.search(r"我$|我已经$|我都$", sent[: m.start()].strip()) or re.search(r"不要忘|别忘", sent):
         return []
-    keys = attr_keys(m.group("v"))
-    return [Candidate(kind="forget", key=k, value=clean(m.group("v")), evidence=sent, op="forget") for k in keys]
+    named = m.group("v") or m.group("v2") or ""
+    keys = attr_keys(named)
+    return [Candidate(kind="forget", key=k, value=clean(named), evidence=sent, op="forget") for k in keys]
