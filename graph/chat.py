@@ -210,6 +210,8 @@ class MemChat:
             "turns": int(st.get("turn") or 0),
             "persona": st.get("persona"),
             "slots": [dict(v, key=k) for k, v in sorted((st.get("slots") or {}).items())],
+            "slot_history": [{k: e.get(k) for k in ("action", "key", "old", "new", "turn", "why") if k in e}
+                             for e in (st.get("slot_log") or [])[-20:]],
             "l1": list(st.get("l1") or []),
             "l2": st.get("l2"),
             "recent_turns": [{"turn": t.turn, "user": t.user, "assistant": t.assistant} for t in l0_turns(st)]

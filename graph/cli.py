@@ -175,7 +175,7 @@ def reindex(batch: Annotated[int, typer.Option(help="Documents per batch")] = 25
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help="locomo | prefix | overhead | ttft | load")]
+def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help="locomo | prefix | overhead | ttft | load | slots")]
           ) -> None:
     """Run a benchmark (prints a table; --json adds one JSON object as the last line)."""
     _quiet()

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
+from difflib import SequenceMatcher
 from typing import Any
 
+from graph.rules_words import MULTI_KEYS
 from graph.settings import Settings
 from graph.state import Slot
+from graph.textproc import tokenize
 
 USER_ONLY_KINDS = ("instruction", "preference", "task")
 SLOT_KINDS = ("instruction", "preference", "fact", "task")
 LOG_LIMIT = 500
+REMOVED = ("retracted", "completed", "forgotten", "expired")  # actions that take a slot out of the head
+_PRONOUNS = frozenset({"", "it", "that", "this", "everything", "它", "这个", "那个", "都", "全部"})
 
 
 def _expiry(settings: Settings, kind: str, turn: int, now: float) -> tuple[int | None, float | None]:
@@ -19,55 +25,118 @@ def _expiry(settings: Settings, kind: str, turn: int, now: float) -> tuple[int |
     return (turn + ttl_t if ttl_t else None, now + ttl_s if ttl_s else None)
 
 
+def family(slots: dict[str, Any], base: str) -> list[str]:
+    """Keys of one kind of slot: ``fact:order_number``, ``fact:order_number_2`` …"""
+    return sorted((k for k in slots if k == base or re.fullmatch(re.escape(base) + r"_\d+", k)),
+                  key=lambda k: (len(k), k))
+
+
+def _related(a: str, b: str) -> bool:
+    a, b = _norm(a), _norm(b)
+    if not a or not b:
+        return False
+    if a in b or b in a:
+        return True
+    return bool(set(tokenize(a)) & set(tokenize(b)))
+
+
+def _targets(slots: dict[str, Any], keys: list[str], c: dict[str, Any]) -> list[str]:
+    """Which slots a retraction or completion names (a topic instruction: all of that topic)."""
+    kind = c.get("kind")
+    named = str(c.get("old") or c.get("value") or "")
+    if kind in ("instruction", "preference") or _norm(named) in _PRONOUNS:
+        return keys
+    return [k for k in keys if _related(named, str(slots[k].get("value", "")))]
+
+
+def _correct_target(slots: dict[str, Any], keys: list[str], c: dict[str, Any]) -> str:
+    """The one slot of several a correction replaces: the one it names, else the most alike, else the newest."""
+    old = str(c.get("old") or "")
+    for k in keys:
+        if old and _related(old, str(slots[k].get("value", ""))):
+            return k
+    ratio = {k: SequenceMatcher(None, _norm(str(slots[k].get("value", ""))), _norm(c["value"])).ratio() for k in keys}
+    best = max(keys, key=lambda k: ratio[k])
+    if ratio[best] >= 0.5:
+        return best
+    return max(keys, key=lambda k: (slots[k].get("turn") or 0, slots[k].get("time") or 0))
+
+
+def _free_key(slots: dict[str, Any], base: str) -> str:
+    n = 2
+    while f"{base}_{n}" in slots:
+        n += 1
+    return f"{base}_{n}"
+
+
 def apply_candidates(
     slots: dict[str, Slot], candidates: list[dict[str, Any]], *, settings: Settings, thread_id: str,
     user_id: str, turn: int, now: float | None = None,
 ) -> tuple[dict[str, Slot], list[dict[str, Any]]]:
-    """Return the new slots and the changes (audit events) this turn."""
+    """Apply slot operations (set, correct, retract, complete); return the new slots and the audit events."""
     now = time.time() if now is None else now
     out: dict[str, Any] = {k: dict(v) for k, v in slots.items()}
     events: list[dict[str, Any]] = []
+    ctx: dict[str, Any] = dict(thread_id=thread_id, user_id=user_id, turn=turn, now=now)
     for c in candidates:
-        kind = c.get("kind")
+        kind, op, key = c.get("kind"), c.get("op") or "set", c["key"]
         if kind not in SLOT_KINDS:
             continue
         source = c.get("source", "user")
+        why = c.get("evidence", "")
         if kind in USER_ONLY_KINDS and source != "user":
-            events.append(_event("rejected", c["key"], None, c["value"], thread_id, user_id, turn, now,
-                                 reason=f"{kind} slots come only from the user, not from {source}"))
+            events.append(_event("rejected", key, None, c["value"], **ctx, reason=f"{kind} slots come only from the "
+                                 f"user, not from {source}", why=why))
             continue
-        key = c["key"]
-        old = out.get(key)
-        if old is not None and old.get("source") == "user" and source != "user":
-            continue  # the user's own word wins over an assistant confirmation
+        keys = family(out, key)
+        if op in ("retract", "complete"):
+            action = "retracted" if op == "retract" else "completed"
+            for k in _targets(out, keys, c):
+                events.append(_event(action, k, out[k].get("value"), None, **ctx, old_turn=out[k].get("turn"), why=why))
+                del out[k]
+            continue
+        same = [k for k in keys if _norm(str(out[k].get("value", ""))) == _norm(c["value"])]
+        if any(out[k].get("source") == "user" for k in keys) and source != "user" and not same:
+            continue  # the user's own word wins over another source
         exp_turn, exp_at = _expiry(settings, kind, turn, now)
-        new: Slot = Slot(key=key, kind=kind, value=c["value"], source=source, evidence=c.get("evidence", ""),
-                         thread_id=thread_id, user_id=user_id, turn=turn, last_seen_turn=turn, time=now,
-                         expires_turn=exp_turn, expires_at=exp_at)
-        if old is None:
-            out[key] = new
-            events.append(_event("set", key, None, new["value"], thread_id, user_id, turn, now))
-        elif _norm(str(old.get("value", ""))) == _norm(new["value"]):
-            old.update(last_seen_turn=turn, expires_turn=exp_turn, expires_at=exp_at)
+        if same:
+            out[same[0]].update(last_seen_turn=turn, expires_turn=exp_turn, expires_at=exp_at)
+            continue
+        if not keys:
+            target, action = key, "set"
+        elif key.split(":", 1)[-1] not in MULTI_KEYS:
+            target, action = keys[0], "corrected"
+        elif op == "correct":
+            target, action = _correct_target(out, keys, c), "corrected"
         else:
-            out[key] = new
-            events.append(_event("corrected", key, old.get("value"), new["value"], thread_id, user_id, turn, now,
-                                 old_turn=old.get("turn")))
+            target, action = _free_key(out, key), "set"
+        old = out.get(target)
+        out[target] = Slot(key=target, kind=kind, value=c["value"], source=source, evidence=why, thread_id=thread_id,
+                           user_id=user_id, turn=turn, last_seen_turn=turn, time=now, expires_turn=exp_turn,
+                           expires_at=exp_at)
+        extra = {"old_turn": old.get("turn")} if old else {}
+        events.append(_event(action, target, old.get("value") if old else None, c["value"], **ctx, why=why, **extra))
     return out, events  # type: ignore[return-value]
 
 
 def forget(slots: dict[str, Slot], names: list[str], *, thread_id: str, user_id: str, turn: int,
-           now: float | None = None) -> tuple[dict[str, Slot], list[dict[str, Any]]]:
-    """Drop slots the user asked to forget ("forget my order number")."""
+           now: float | None = None, why: str = "") -> tuple[dict[str, Slot], list[dict[str, Any]]]:
+    """Drop slots the user asked to forget: keys ("fact:email", "*" = all) or names ("order number")."""
     now = time.time() if now is None else now
     out = dict(slots)
     events = []
     for name in names:
-        norm = name.lower().replace(" ", "_")
-        for key in list(out):
-            if key.split(":", 1)[-1] == norm or key.endswith(norm):
-                events.append(_event("forgotten", key, out[key].get("value"), None, thread_id, user_id, turn, now))
-                del out[key]
+        if name == "*":
+            keys = list(out)
+        elif ":" in name:
+            keys = family(out, name)
+        else:
+            norm = name.lower().replace(" ", "_")
+            keys = [k for k in out if k.split(":", 1)[-1] == norm or k.endswith(norm)]
+        for key in keys:
+            events.append(_event("forgotten", key, out[key].get("value"), None, thread_id=thread_id, user_id=user_id,
+                                 turn=turn, now=now, why=why))
+            del out[key]
     return out, events
 
 
@@ -80,7 +149,8 @@ def expire(slots: dict[str, Slot], *, thread_id: str, user_id: str, turn: int,
     for key, s in slots.items():
         exp_t, exp_at = s.get("expires_turn"), s.get("expires_at")
         if (exp_t is not None and turn > exp_t) or (exp_at is not None and now > exp_at):
-            events.append(_event("expired", key, s.get("value"), None, thread_id, user_id, turn, now))
+            events.append(_event("expired", key, s.get("value"), None, thread_id=thread_id, user_id=user_id,
+                                 turn=turn, now=now))
         else:
             out[key] = s
     return out, events
@@ -90,7 +160,7 @@ def _norm(v: str) -> str:
     return " ".join(v.lower().split())
 
 
-def _event(action: str, key: str, old: Any, new: Any, thread_id: str, user_id: str, turn: int, now: float,
+def _event(action: str, key: str, old: Any, new: Any, *, thread_id: str, user_id: str, turn: int, now: float,
            **extra: Any) -> dict[str, Any]:
     return dict(action=action, key=key, old=old, new=new, thread_id=thread_id, user_id=user_id, turn=turn,
                 time=now, **extra)
@@ -103,7 +173,9 @@ def describe_change(ev: dict[str, Any]) -> str:
         return f"{label}: {ev['new']}"
     if ev["action"] == "corrected":
         return f"{label}: {ev['new']} (corrected; was {ev['old']})"
-    if ev["action"] in ("expired", "forgotten"):
+    if ev["action"] == "completed":
+        return f"{label}: done, no longer current (was {ev['old']})"
+    if ev["action"] in ("expired", "forgotten", "retracted"):
         return f"{label}: no longer applies (was {ev['old']})"
     return ""
 
@@ -116,5 +188,7 @@ def render_slots(slots: dict[str, Any]) -> str:
     lines = []
     for key in sorted(slots, key=lambda k: (order.get(slots[k].get("kind", ""), 9), k)):
         s = slots[key]
-        lines.append(f"- {key.split(':', 1)[-1].replace('_', ' ')}: {s.get('value')} ({s.get('kind')})")
+        label = re.sub(r"_\d+$", "", key.split(":", 1)[-1]).replace("_", " ")
+        origin = f"; {s['origin']}" if s.get("origin") else ""
+        lines.append(f"- {label}: {s.get('value')} ({s.get('kind')}{origin})")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ class Slot(TypedDict, total=False):
     time: float
     expires_turn: int | None
     expires_at: float | None
+    origin: str  # "from an earlier conversation, 2026-11-30" when carried from another thread
 
 
 class TurnMeta(TypedDict, total=False):

@@ -1,18 +1,21 @@
-"""Node 1: typed memory candidates from the new user turn (and assistant confirmations)."""
+"""Node 1: slot operations (set, correct, retract, complete, forget) from the new user turn.
+
+Only the user's own words count: the assistant's replies ("您好，我是客服小美") never become facts
+about the user, and each operation keeps the sentence that supports it as its evidence."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from graph.engine import Engine, get_engine
 from graph.namespaces import public_user
-from graph.rules import extract_rules, forget_requests
+from graph.rules import extract_rules
 from graph.state import State
 from graph.textproc import overlap
-from nodes.common import completed_pairs, current_message, text_of, user_id
+from nodes.common import current_message, text_of, user_id
 
 GROUNDING_MIN = 0.5
 
@@ -37,12 +40,5 @@ def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None
         update["messages"] = [HumanMessage(content=text, id=human.id)]
         update["counters"] = {"truncated_messages": 1}
     cands = [c.as_dict() for c in extract_rules(text, "user")]
-    pairs = completed_pairs(state)
-    if pairs:
-        prev_ai: AIMessage = pairs[-1][1]
-        cands += [c.as_dict() for c in extract_rules(text_of(prev_ai), "assistant")]
-    kept = [c for c in cands if grounded(c, c["evidence"])]
-    kept += [{"kind": "forget", "key": name, "value": name, "evidence": text, "source": "user"}
-             for name in forget_requests(text)]
-    update["candidates"] = kept
+    update["candidates"] = [c for c in cands if c["op"] != "set" or grounded(c, c["evidence"])]
     return update

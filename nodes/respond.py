@@ -17,6 +17,7 @@ from graph.llm import cached_tokens, classify_error, response_format_for
 from graph.prompt import Turn, assemble, prefix_reuse, render_head
 from graph.receipts import add_receipt
 from graph.rules import free_facts
+from graph.slots import REMOVED
 from graph.state import State, TurnMeta
 from graph.vectorstore import MemoryDoc, msg_id
 from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
@@ -155,7 +156,7 @@ def _write_profile(store: Any, state: State, tid: str, uid: str, turn: int) -> N
         if key.split(":", 1)[0] in PROFILE_KINDS:
             if key in slots and ev["action"] in ("set", "corrected"):
                 store.put(profile_namespace(uid), key, dict(slots[key]))
-            elif ev["action"] in ("expired", "forgotten"):
+            elif ev["action"] in REMOVED:
                 store.delete(profile_namespace(uid), key)
 
 

@@ -1,7 +1,8 @@
-"""Node 2: apply candidates to anchored slots (corrections supersede), expire stale slots."""
+"""Node 2: apply slot operations (set, correct, retract, complete, forget), expire stale slots."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -9,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from graph.engine import Engine, get_engine
 from graph.namespaces import audit_namespace, profile_namespace, search_all
-from graph.slots import LOG_LIMIT, apply_candidates, expire, forget
+from graph.slots import LOG_LIMIT, REMOVED, apply_candidates, expire, forget
 from graph.state import Slot, State
 from nodes.common import thread_id, user_id
 
@@ -19,13 +20,30 @@ __all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespa
 
 def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | None) -> dict[str, Any]:
     """What the frozen head shows (values only, so refreshing a slot does not rewrite it)."""
-    return {"persona": persona, "slots": {k: {"kind": v.get("kind"), "value": v.get("value")} for k, v in slots.items()},
-            "l2": l2}
+    shown: dict[str, Any] = {}
+    for k, v in slots.items():
+        shown[k] = {"kind": v.get("kind"), "value": v.get("value")}
+        if v.get("origin"):
+            shown[k]["origin"] = v["origin"]
+    return {"persona": persona, "slots": shown, "l2": l2}
+
+
+def carried(slot: dict[str, Any], tid: str) -> Slot:
+    """A profile slot from another thread, marked as coming from an earlier conversation (with its date)."""
+    out = dict(slot)
+    if out.get("thread_id") and out.get("thread_id") != tid and out.get("time"):
+        day = datetime.fromtimestamp(float(out["time"]), UTC).strftime("%Y-%m-%d")
+        out["origin"] = f"from an earlier conversation, {day}"
+    return out  # type: ignore[return-value]
 
 
 def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
                  engine: Engine | None = None) -> dict[str, Any]:
-    """Returns the new slots, this turn's changes and the audit log; freezes the head on turn 1."""
+    """Returns the new slots, this turn's changes and the audit log; freezes the head on turn 1.
+
+    A slot that was retracted, completed, forgotten or expired leaves the head at once (the head is
+    rebuilt): what the head shows is never stale. Other changes go to the prompt tail until compaction.
+    """
     eng = engine or get_engine()
     tid, uid = thread_id(config), user_id(state, config)
     turn = int(state.get("turn") or 0) + 1
@@ -34,21 +52,22 @@ def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None =
     store = getattr(runtime, "store", None)
     if turn == 1 and not slots and store is not None:
         for item in search_all(store, profile_namespace(uid)):
-            slots[item.key] = item.value  # type: ignore[assignment]
+            slots[item.key] = carried(item.value, tid)
     slots, ev = expire(slots, thread_id=tid, user_id=uid, turn=turn)
     events += ev
     cands = list(state.get("candidates") or [])
-    slots, ev = apply_candidates(slots, [c for c in cands if c["kind"] != "forget"], settings=eng.settings,
-                                 thread_id=tid, user_id=uid, turn=turn)
-    events += ev
-    slots, ev = forget(slots, [c["key"] for c in cands if c["kind"] == "forget"], thread_id=tid, user_id=uid,
-                       turn=turn)
-    events += ev
+    for c in cands:
+        if c["kind"] == "forget" or c.get("op") == "forget":
+            slots, ev = forget(slots, [c["key"]], thread_id=tid, user_id=uid, turn=turn, why=c.get("evidence", ""))
+        else:
+            slots, ev = apply_candidates(slots, [c], settings=eng.settings, thread_id=tid, user_id=uid, turn=turn)
+        events += ev
     persona = state.get("persona") or eng.settings.persona
     head = state.get("head") or {}
     update: dict[str, Any] = {"slots": slots, "slot_changes": events,
                               "slot_log": (list(state.get("slot_log") or []) + events)[-LOG_LIMIT:]}
-    if not head or head.get("persona") != persona:
+    removed = any(e["action"] in REMOVED and e["key"] in (head.get("slots") or {}) for e in events)
+    if not head or head.get("persona") != persona or removed:
         update["head"] = head_snapshot(persona, slots, state.get("l2"))
         update["slot_changes"] = [dict(e, in_head=True) for e in events]
     return update

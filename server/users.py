@@ -1,10 +1,12 @@
-"""Routes over users and the thread registry: ``GET /v1/threads`` and ``DELETE /v1/users/{user}/memory``."""
+"""Routes over users and the thread registry: ``GET /v1/threads``, ``DELETE /v1/users/{user}/memory`` and
+``GET /v1/users/{user}/audit``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
+from fastapi.encoders import jsonable_encoder
 
 from graph.chat import MemChat
 from graph.persistence import ThreadBusy
@@ -43,3 +45,16 @@ def mount_user_routes(app: FastAPI, server: Any, memchat: MemChat) -> None:
                 "slots_removed": res["profile_slots_removed"] + res["thread_slots_removed"],
                 "profile_slots_removed": res["profile_slots_removed"],
                 "audit_entries_removed": res["audit_entries_removed"]}
+
+    @app.get("/v1/users/{user_id}/audit", tags=["threads"])
+    async def user_audit(user_id: str, thread: str | None = None,
+                         limit: int = Query(500, ge=1, le=10000)) -> Any:
+        """The user's slot history across threads, oldest first: each change with its action (set,
+        corrected, retracted, completed, forgotten, expired, rejected), old and new value, thread, turn,
+        time and the user's words that caused it (``why``). ``?thread=`` filters by thread."""
+        uid = check_id(user_id, "user_id")
+        if not uid:
+            raise APIError(400, "invalid user_id", param="user_id")
+        tid = check_id(thread, "thread") if thread else None
+        rows = await server.call(memchat.audit, user_id=uid, thread_id=tid)
+        return jsonable_encoder({"object": "list", "user_id": uid, "data": rows[-limit:]})

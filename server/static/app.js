@@ -375,11 +375,19 @@ function renderMemory(mem) {
     },
     el("td", { class: "kind" }, el("span", { class: "tag" }, s.kind || "")),
     el("td", { class: "key" }, s.key || ""),
-    el("td", { class: "value" }, asText(s.value)),
+    el("td", { class: "value" }, asText(s.value) + (s.origin ? " (" + s.origin + ")" : "")),
     el("td", { class: "num" }, s.turn ?? "")));
     clear($("slots"), el("table", { class: "slots" },
       el("thead", {}, el("tr", {}, ["kind", "key", "value", "turn"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
+  }
+  // Slot changes (newest last): corrections, retractions, completions, forget requests
+  const changes = (mem.slot_history || []).filter((e) => e.action !== "set");
+  if (changes.length) {
+    $("slots").appendChild(el("ul", { class: "slot-history" }, ...changes.map((e) => el("li", {
+      title: e.why || "",
+    }, "turn " + e.turn + " · " + e.action + " · " + e.key + ": " + asText(e.old ?? "") +
+      (e.new != null ? " → " + asText(e.new) : "")))));
   }
 
   // L1 summaries
