@@ -22,7 +22,7 @@ from graph.engine import Engine, get_engine
 from graph.persistence import ThreadLeases
 from graph.settings import Settings
 from nodes.common import completed_pairs, l0_turns, text_of
-from nodes.summarize import summarize_l2
+from nodes.summarize import schedule_next, summarize_l2
 from nodes.update_slots import audit_namespace, head_snapshot, profile_namespace
 
 THREADS_NS = ("memchat", "threads")
@@ -55,13 +55,17 @@ class MemChat:
         self._locks_guard = threading.Lock()
 
     # ---- config & locks ------------------------------------------------------------------
-    def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None
-               ) -> RunnableConfig:
+    def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
+               context: str | None = None) -> RunnableConfig:
         conf: dict[str, Any] = {"thread_id": thread_id}
         if user_id:
             conf["user_id"] = user_id
         if llm_params:
             conf["llm_params"] = llm_params
+        if context:
+            conf["request_context"] = context  # this request only: rendered in the tail, never stored
+        if self.settings.background_summaries:
+            conf["background_summaries"] = True  # the summarize node applies summaries made after the last reply
         return {"configurable": conf, "recursion_limit": 25}
 
     def lock(self, thread_id: str) -> threading.Lock:
@@ -90,13 +94,15 @@ class MemChat:
         return True
 
     def stream_turn(self, thread_id: str, message: str, *, user_id: str | None = None, persona: str | None = None,
-                    llm_params: dict[str, Any] | None = None) -> Iterator[str | TurnResult]:
-        """Yield reply tokens as they stream, then the :class:`TurnResult`."""
+                    llm_params: dict[str, Any] | None = None, context: str | None = None
+                    ) -> Iterator[str | TurnResult]:
+        """Yield reply tokens as they stream, then the :class:`TurnResult` (``context``: text for this
+        turn's prompt tail only)."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
         with self.exclusive(thread_id):
             self.recover(thread_id)
-            cfg = self.config(thread_id, user_id, llm_params)
+            cfg = self.config(thread_id, user_id, llm_params, context)
             pre = self.graph.get_state(cfg)
             turn = int((pre.values or {}).get("turn") or 0) + 1
             inp: dict[str, Any] = {"messages": [HumanMessage(content=message, id=f"user:{thread_id}:{turn}")]}
@@ -123,6 +129,8 @@ class MemChat:
                 self._rollback(thread_id, pre)
                 raise RuntimeError("the turn did not complete")
             self._register(thread_id, final.get("user_id") or user_id or "anonymous", turn)
+            if self.settings.background_summaries:  # the next compaction's summaries, off the hot path
+                schedule_next(self.engine, thread_id, final)
             ctx = dict(final.get("context") or {})
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),

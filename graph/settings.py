@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
     # --- server ----------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="When set, the HTTP API needs Bearer auth")
     max_request_chars: int = Field(200_000, gt=0, description="Longest accepted message (characters)")
+    history_on_existing_thread: Literal["reject", "ignore"] = Field(
+        "reject", description="Earlier messages sent to an existing thread: 400 (reject) or ignore with a warning header")
+    background_summaries: bool = Field(True, description="Compute the next compaction's summary after the reply")
 
     @field_validator("llm_base_url")
     @classmethod

@@ -37,6 +37,7 @@ from graph.observability import configure_logging, uvicorn_log_config
 from graph.persistence import ThreadBusy
 from graph.settings import Settings, get_settings
 from server import auth
+from server.history import IMPORTED_HEADER, prepare_thread, request_context, undo_import_on_failure
 from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import ServerMetrics, TurnObserver
@@ -55,6 +56,7 @@ from server.schemas import (
     usage_block,
 )
 from server.stateless import StatelessResult, build_prompt, stream_answer
+from server.user_memory import build_user_prompt, stream_and_remember
 
 log = logging.getLogger("memchat.server")
 turn_log = logging.getLogger("memchat.turn")
@@ -265,6 +267,7 @@ class ChatPlan:
     message: str
     history: list[tuple[str, str]]
     llm_params: dict[str, Any]
+    context: str | None = None
 
 
 def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) -> ChatPlan:
@@ -296,13 +299,9 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
     while lead < len(texts) and texts[lead][0] in SYSTEM_ROLES:
         lead += 1
     persona = "\n\n".join(t for _, t in texts[:lead] if t.strip()) or None
-    history: list[tuple[str, str]] = []
-    for role, text in texts[lead:last_user]:
-        if role in SYSTEM_ROLES:  # a later system message: part of the persona for this request
-            persona = "\n\n".join(p for p in (persona, text) if p)
-        else:
-            history.append((role, text))
-    return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params())
+    history = [(role, text) for role, text in texts[lead:last_user] if role not in SYSTEM_ROLES]
+    context = request_context(req, texts, lead)  # later system messages: this request's tail only
+    return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params(), context)
 
 
 @dataclass
@@ -389,18 +388,30 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
     """Run the request (stateful turn or stateless call) and answer plainly or as SSE."""
     mc = server.memchat
     extra: dict[str, Any] = {}
+    more: dict[str, str] = {}  # what happened to history sent with a thread (imported / ignored)
     obs = server.metrics.turn("thread" if plan.thread_id else "stateless")
     try:
         if plan.thread_id:
             tid = plan.thread_id
+            more = await server.call(prepare_thread, mc, plan)
 
             def make() -> Iterator[Any]:
-                return mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
-                                      llm_params=plan.llm_params or None)
+                it = mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
+                                    llm_params=plan.llm_params or None, context=plan.context)
+                return undo_import_on_failure(mc, tid, it) if IMPORTED_HEADER in more else it
             cancel = False
+        elif plan.user_id:  # stateless with a user: that user's long-term memory is used and updated
+            uid = plan.user_id
+            prompt = await server.call(build_user_prompt, mc, plan.persona or mc.settings.persona, plan.history,
+                                       plan.message, uid, plan.context)
+            extra = dict(prompt.info(), user=uid)
+
+            def make() -> Iterator[Any]:
+                return stream_and_remember(mc, prompt, plan.llm_params, uid, plan.history, plan.message)
+            cancel = True
         else:
             prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona,
-                                       plan.history, plan.message)
+                                       plan.history, plan.message, context=plan.context)
             extra = prompt.info()
 
             def make() -> Iterator[Any]:
@@ -413,6 +424,7 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
 
     items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
+    headers.update(more)
     cid = new_completion_id()
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
