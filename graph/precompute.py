@@ -14,6 +14,7 @@ When a result is still being computed, the node defers the compaction by a turn 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
@@ -61,7 +62,8 @@ class SummaryCache:
         with self._lock:
             if key in self._done or key in self._running:
                 return
-            self._running[key] = self._pool.submit(self._run, key, fn)
+            ctx = contextvars.copy_context()  # logs of the job carry the id of the request that started it
+            self._running[key] = self._pool.submit(ctx.run, self._run, key, fn)
 
     def _run(self, key: str, fn: Callable[[], Any]) -> Any:
         try:

@@ -15,9 +15,11 @@ import pytest
 
 from graph.chat import MemChat
 from graph.importer import import_file
+from graph.precompute import cache_for
 from graph.settings import Settings
 from server.app import create_app
 from server.user_memory import load_profile
+from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, StubURL, serve_app
 
 
@@ -158,3 +160,27 @@ def test_compaction_makes_one_model_call_before_the_reply(client: openai.OpenAI,
     list(stream)
     mem = httpx.get(f"{base}/v1/threads/compact-1/memory").json()
     assert [(b["from_turn"], b["to_turn"]) for b in mem["l1"]] == [(1, 5)] and mem["turns"] == 11
+
+
+def test_background_summary_fallback_and_rollback(memchat: MemChat, fake_llm: ScriptedChatModel) -> None:
+    """Off the hot path with the same failure handling; a rolled-back turn leaves no trace of it."""
+    fake_llm.fail_kinds = {"summary"}
+    for i in range(1, 11):
+        memchat.turn("bg", f"Message {i} about the tides.")
+    cache_for(memchat.engine).drain()  # the L1 summary of turns 1-5 ran (and failed) after turn 10
+    before = memchat.state("bg")
+    fake_llm.fail_kinds = {"summary", "respond"}
+    with pytest.raises(Exception):
+        memchat.turn("bg", "Message 11.")
+    assert memchat.state("bg") == before  # rolled back: no L1 line, nothing folded
+    fake_llm.fail_kinds = {"summary"}
+    memchat.turn("bg", "Message 11.")  # the failed try used the result: recomputed in the background
+    assert memchat.state("bg")["l1"] == []  # ... and folded on a later turn, not waited for
+    cache_for(memchat.engine).drain()
+    n = len(fake_llm.calls)
+    memchat.turn("bg", "Message 12.")
+    assert fake_llm.kinds()[n:] == ["respond"]  # the compaction turn makes one model call
+    st = memchat.state("bg")
+    assert [(b["from_turn"], b["to_turn"], b["llm"]) for b in st["l1"]] == [(1, 5, False)] and st["turn"] == 12
+    assert st["l1"][0]["text"].startswith("Message 1 about the tides.")  # the extractive fallback stands
+    assert st["counters"]["summary_failures"] == 1
