@@ -299,7 +299,7 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
     while lead < len(texts) and texts[lead][0] in SYSTEM_ROLES:
         lead += 1
     persona = "\n\n".join(t for _, t in texts[:lead] if t.strip()) or None
-    history = [(role, text) for role, text in texts[lead:last_user] if role not in SYSTEM_ROLES]
+    history: list[tuple[str, str]] = [(r, t) for r, t in texts[lead:last_user] if r not in SYSTEM_ROLES]
     context = request_context(req, texts, lead)  # later system messages: this request's tail only
     return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params(), context)
 

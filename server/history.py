@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graph.chat import MemChat
@@ -26,7 +26,7 @@ IMPORTED_HEADER = "X-Memchat-Imported"
 WARNING_HEADER = "X-Memchat-Warning"
 
 
-def request_context(req: ChatCompletionRequest, texts: list[tuple[str, str]], lead: int) -> str | None:
+def request_context(req: ChatCompletionRequest, texts: Sequence[tuple[str, str]], lead: int) -> str | None:
     """This request's extra context: later system/developer messages, then ``memchat.context``."""
     parts = [text.strip() for role, text in texts[lead:] if role in SYSTEM_ROLES and text.strip()]
     extra = (req.memchat or {}).get("context")

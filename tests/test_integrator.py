@@ -15,6 +15,7 @@ import pytest
 
 from graph.chat import MemChat
 from graph.importer import import_file
+from graph.llm import BackendError
 from graph.precompute import cache_for
 from graph.settings import Settings
 from server.app import create_app
@@ -170,7 +171,7 @@ def test_background_summary_fallback_and_rollback(memchat: MemChat, fake_llm: Sc
     cache_for(memchat.engine).drain()  # the L1 summary of turns 1-5 ran (and failed) after turn 10
     before = memchat.state("bg")
     fake_llm.fail_kinds = {"summary", "respond"}
-    with pytest.raises(Exception):
+    with pytest.raises(BackendError):
         memchat.turn("bg", "Message 11.")
     assert memchat.state("bg") == before  # rolled back: no L1 line, nothing folded
     fake_llm.fail_kinds = {"summary"}
