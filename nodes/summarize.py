@@ -84,7 +84,9 @@ def ready(eng: Engine, key: str, background: bool, must: bool, schedule: Callabl
     if res is MISSING and not must:
         schedule()  # e.g. after a restart: recomputed in the background, applied on a later turn
         return PENDING
-    return MISSING if res is PENDING else res
+    if res is PENDING:  # still running: fold it a turn later, unless L0 cannot grow further
+        return MISSING if must else PENDING
+    return res
 
 
 def fallback_summary(turns_text: list[str], max_chars: int = 160) -> str:
