@@ -133,5 +133,9 @@ def stream_and_remember(mc: MemChat, prompt: StatelessPrompt, llm_params: dict[s
     """One LLM call (``stream_answer``); once the reply is complete, :func:`remember` it."""
     for item in stream_answer(mc.engine, prompt, llm_params):
         if isinstance(item, StatelessResult):
-            remember(mc, user, history, message, item.reply)
+            try:
+                remember(mc, user, history, message, item.reply)
+            except Exception as exc:  # the reply stands; the turn is stored when the history is sent again
+                log.warning("storing the stateless turn failed: %s", exc)
+                mc.engine.metrics.inc("memory_write_failures")
         yield item

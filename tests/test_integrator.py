@@ -42,7 +42,7 @@ def base(mc: MemChat) -> Iterator[str]:
 @pytest.fixture()
 def client(base: str, stub: StubURL) -> openai.OpenAI:
     httpx.post(f"{stub.root}/_control", json={"mode": "ok", "delay": 0, "reset": True})
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def requests_log(stub: StubURL) -> list[dict[str, Any]]:
@@ -115,6 +115,17 @@ def test_history_import_into_a_new_thread(client: openai.OpenAI, stub: StubURL, 
         client.chat.completions.create(model="memchat", messages=msgs, extra_headers=head)
     assert "already has turns" in str(exc.value) and exc.value.code == "history_on_existing_thread"
     assert httpx.get(f"{base}/v1/threads/imported-1/memory").json()["turns"] == 61
+
+    # a first turn that fails takes its import with it: the retry imports again
+    short = [*conversation(6), {"role": "user", "content": "And my order number?"}]
+    httpx.post(f"{stub.root}/_control", json={"mode": "error"})
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="memchat", messages=short, extra_headers={"X-Thread-ID": "imported-2"})
+    assert httpx.get(f"{base}/v1/threads/imported-2/memory").status_code == 404
+    httpx.post(f"{stub.root}/_control", json={"mode": "ok"})
+    raw = client.chat.completions.with_raw_response.create(model="memchat", messages=short,
+                                                           extra_headers={"X-Thread-ID": "imported-2"})
+    assert raw.headers["X-Memchat-Imported"] == "6"
 
 
 def test_import_file(mc: MemChat, tmp_path: Path) -> None:
