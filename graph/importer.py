@@ -101,12 +101,32 @@ def fold(mc: MemChat, turns: list[Turn], *, llm: bool = True) -> tuple[list[dict
     return l1, l2, calls
 
 
+def store_turns(mc: MemChat, thread_id: str, user_id: str, turns: list[Turn],
+                progress: Callable[[int], None] | None = None) -> None:
+    """Both messages of each turn (thread-scoped, the graph's ids) and first-person facts (user-scoped)
+    into vector memory, in batches."""
+    from nodes.respond import fact_id
+
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    for i in range(0, len(turns), 64):
+        docs: list[MemoryDoc] = []
+        for t in turns[i:i + 64]:
+            for seq, speaker, text in ((2 * t.turn - 1, "user", t.user), (2 * t.turn, "assistant", t.assistant)):
+                if text.strip():
+                    docs.append(MemoryDoc(id=msg_id(thread_id, seq), text=text, user_id=user_id, thread_id=thread_id,
+                                          kind="turn", speaker=speaker, turn=t.turn, seq=seq, date=date))
+            docs += [MemoryDoc(id=fact_id(user_id, f), text=f, user_id=user_id, thread_id=thread_id, kind="fact",
+                               speaker="user", turn=t.turn, date=date, scope="user") for f in free_facts(t.user)]
+        mc.engine.store_docs(docs)
+        if progress is not None:
+            progress(len(turns[i:i + 64]))
+
+
 def import_thread(mc: MemChat, thread_id: str, history: list[tuple[str, str]], *, user_id: str | None = None,
                   persona: str | None = None, llm: bool = True,
                   progress: Callable[[int], None] | None = None) -> int:
     """Make ``history`` the past turns of the new thread ``thread_id``; returns how many turns were
     imported. Raises :class:`ThreadExists` when the thread already has turns."""
-    from nodes.respond import fact_id
     from nodes.update_slots import PROFILE_KINDS, audit_namespace, head_snapshot, profile_namespace
 
     turns = [t for t in pair_history(history) if t.user.strip() or t.assistant.strip()]
@@ -123,19 +143,7 @@ def import_thread(mc: MemChat, thread_id: str, history: list[tuple[str, str]], *
         if store is not None:
             slots = {it.key: it.value for it in store.search(profile_namespace(uid), limit=200)}  # type: ignore[misc]
         slots, events = user_slots(slots, turns, mc, thread_id, uid)
-        date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
-        for i in range(0, len(turns), 64):  # vector memory, in batches (idempotent ids)
-            docs: list[MemoryDoc] = []
-            for t in turns[i:i + 64]:
-                for seq, speaker, text in ((2 * t.turn - 1, "user", t.user), (2 * t.turn, "assistant", t.assistant)):
-                    if text.strip():
-                        docs.append(MemoryDoc(id=msg_id(thread_id, seq), text=text, user_id=uid, thread_id=thread_id,
-                                              kind="turn", speaker=speaker, turn=t.turn, seq=seq, date=date))
-                docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=thread_id, kind="fact",
-                                   speaker="user", turn=t.turn, date=date, scope="user") for f in free_facts(t.user)]
-            mc.engine.store_docs(docs)
-            if progress is not None:
-                progress(len(turns[i:i + 64]))
+        store_turns(mc, thread_id, uid, turns, progress)
         keep = verbatim_count(len(turns), mc.settings.l0_turns)
         l1, l2, calls = fold(mc, turns[:len(turns) - keep], llm=llm)
         recent = turns[len(turns) - keep:]

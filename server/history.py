@@ -3,7 +3,7 @@
 * **Per-request context**: ``system``/``developer`` messages that come after the first user or assistant
   message (the leading ones are the persona), and ``memchat.context`` in the body (``extra_body`` in the
   openai SDK). The text goes into the volatile tail of this request's prompt only: it is not the persona,
-  it is not stored, and the cached head is untouched.
+  not part of later prompts or of memory, and the cached head is untouched.
 * **History on a thread**: earlier user/assistant messages sent with a thread id. For a thread that does
   not exist yet they are imported as its past turns (``X-Memchat-Imported: N``); for an existing thread
   they are refused with a 400, or with ``MEMCHAT_HISTORY_ON_EXISTING_THREAD=ignore`` ignored with an
