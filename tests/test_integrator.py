@@ -74,6 +74,9 @@ def test_stateless_user_gets_long_term_memory(client: openai.OpenAI, stub: StubU
         history += [{"role": "user", "content": msg}, {"role": "assistant", "content": r.choices[0].message.content or ""}]
     info = r.model_dump()["memchat"]
     assert info["summarized_turns"] >= 10 and info["user"] == user  # the early turns left the verbatim window
+    heads = [x["messages"][0]["content"] for x in requests_log(stub) if not is_summary(x)]
+    changes = sum(a != b for a, b in zip(heads, heads[1:]))
+    assert len(heads) == 40 and changes <= 40 // 5  # the head changes only when the overflow grows by a block
     sent = [x for x in requests_log(stub) if not is_summary(x)][-1]
     assert all(m["content"] != script(1) for m in sent["messages"])  # turn 1 is not verbatim: from memory
     last = prompt_text(sent)
