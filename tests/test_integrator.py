@@ -4,6 +4,7 @@ history import into new threads, per-request context, summaries computed off the
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from graph.chat import MemChat
+from graph.engine import Engine
 from graph.importer import import_file
 from graph.llm import BackendError
 from graph.precompute import cache_for
@@ -199,3 +201,30 @@ def test_background_summary_fallback_and_rollback(memchat: MemChat, fake_llm: Sc
     assert [(b["from_turn"], b["to_turn"], b["llm"]) for b in st["l1"]] == [(1, 5, False)] and st["turn"] == 12
     assert st["l1"][0]["text"].startswith("Message 1 about the tides.")  # the extractive fallback stands
     assert st["counters"]["summary_failures"] == 1
+
+
+class GatedSummaries(ScriptedChatModel):
+    """Summary calls wait until the test opens the gate (a slow summary)."""
+
+    def _text(self, messages: list[Any], kwargs: dict[str, Any]) -> str:
+        if self._kind(kwargs) == "summary":
+            GATE.wait(30)
+        return super()._text(messages, kwargs)
+
+
+GATE = threading.Event()
+
+
+def test_a_summary_still_running_is_folded_later_not_waited_for(settings: Settings) -> None:
+    llm = GatedSummaries()
+    mc = MemChat(engine=Engine(settings, llm=llm))
+    for i in range(1, 11):
+        mc.turn("slow", f"Message {i} about the tides.")
+    t0 = time.monotonic()
+    mc.turn("slow", "Message 11.")  # its summary is still running: the turn does not wait for it
+    assert time.monotonic() - t0 < 10 and mc.state("slow")["l1"] == [] and llm.kinds()[-1] == "respond"
+    GATE.set()
+    cache_for(mc.engine).drain()
+    mc.turn("slow", "Message 12.")
+    assert [(b["from_turn"], b["to_turn"], b["llm"]) for b in mc.state("slow")["l1"]] == [(1, 5, True)]
+    assert llm.kinds().count("summary") == 1
