@@ -76,11 +76,12 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextlib.contextmanager
-def stub_llm() -> Iterator[str]:
-    """The SGLang stub in a subprocess; yields its ``/v1`` URL."""
+def stub_llm(delay: float = 0.0) -> Iterator[str]:
+    """The SGLang stub in a subprocess (``delay``: seconds before each call answers); yields its ``/v1`` URL."""
     if not STUB.exists():
         raise SystemExit(f"the stub LLM ({STUB}) needs a source checkout; or pass --url of a running server")
-    proc = subprocess.Popen([sys.executable, str(STUB), "--port", "0"], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, str(STUB), "--port", "0", "--delay", str(delay)], stdout=subprocess.PIPE,
+                            text=True,
                             env=_env(), cwd=ROOT)
     try:
         assert proc.stdout is not None
@@ -161,6 +162,7 @@ class Tally:
 
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
+    compaction_ttfts: list[float] = field(default_factory=list)  # turns whose summarize step folds L0
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     crosstalk: int = 0
@@ -200,12 +202,13 @@ def _read_stream(resp: httpx.Response, t0: float) -> tuple[str, float | None]:
 
 def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, users: int = 0, stream: bool = False,
              echo: bool = True, strict: bool = False, run: str | None = None, timeout: float = 300.0,
-             warmup: bool = True, on_turn: Callable[[], None] | None = None) -> dict[str, Any]:
+             warmup: bool = True, on_turn: Callable[[], None] | None = None, l0_turns: int = 5) -> dict[str, Any]:
     """Run ``threads`` conversations of ``turns`` turns in parallel against ``base``; check and measure.
 
     ``echo``: the server's LLM echoes the last user message (the stub): replies must carry their own
     marker when nothing recalled was put in front of the message (``strict``: always). ``users``: distinct
-    user ids (0: one per thread). ``warmup``: one untimed turn on a thread of its own first."""
+    user ids (0: one per thread). ``warmup``: one untimed turn on a thread of its own first. ``l0_turns``: the
+    server's N, to split the first-token times of compaction turns (2N+1, 3N+1, …) from the others."""
     run = run or secrets.token_hex(2)
     pattern = re.compile(rf"\[{re.escape(run)}-t(\d{{3}})-n(\d{{3}})\]")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -260,7 +263,8 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
                 tally.ok += 1
                 tally.latencies.append(elapsed)
                 if first is not None:
-                    tally.ttfts.append(first)
+                    compaction = n > 2 * l0_turns and (n - 1) % l0_turns == 0
+                    (tally.compaction_ttfts if compaction else tally.ttfts).append(first)
             if on_turn is not None:
                 on_turn()
             for other in foreign(reply, i):
@@ -309,9 +313,15 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
                        "max": round(max(lat), 1) if lat else 0.0},
         "problems": tally.problems,
     }
-    if tally.ttfts:
-        ttft = [x * 1000 for x in tally.ttfts]
+    if tally.ttfts or tally.compaction_ttfts:
+        ttft = [x * 1000 for x in tally.ttfts + tally.compaction_ttfts]
         out["ttft_ms"] = {"p50": round(pct(ttft, 50), 1), "p95": round(pct(ttft, 95), 1)}
+        for name, xs in (("compaction", tally.compaction_ttfts), ("other", tally.ttfts)):
+            ms = [x * 1000 for x in xs]
+            out["ttft_ms"][name] = {"turns": len(ms), "p50": round(pct(ms, 50), 1), "p95": round(pct(ms, 95), 1)}
+        other = out["ttft_ms"]["other"]["p95"]
+        if tally.compaction_ttfts and other:
+            out["ttft_ms"]["compaction_p95_ratio"] = round(out["ttft_ms"]["compaction"]["p95"] / other, 3)
     if before is not None and after is not None:
         calls = {k: after.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0) - before.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0)
                  for k in ("respond", "summary")}
@@ -357,7 +367,14 @@ def table(res: dict[str, Any], where: str) -> Table:
              f"{res['latency_ms']['p50']:.0f} / {res['latency_ms']['p95']:.0f} / {res['latency_ms']['p99']:.0f}"),
             ("wall time (s)", f"{res['wall_s']:.1f}")]
     if "ttft_ms" in res:
-        rows.append(("time to first token p50 / p95 (ms)", f"{res['ttft_ms']['p50']:.0f} / {res['ttft_ms']['p95']:.0f}"))
+        tt = res["ttft_ms"]
+        rows.append(("time to first token p50 / p95 (ms)", f"{tt['p50']:.0f} / {tt['p95']:.0f}"))
+        for name in ("compaction", "other"):
+            if tt.get(name, {}).get("turns"):
+                rows.append((f"  {name} turns ({tt[name]['turns']}) p50 / p95 (ms)",
+                             f"{tt[name]['p50']:.0f} / {tt[name]['p95']:.0f}"))
+        if "compaction_p95_ratio" in tt:
+            rows.append(("  compaction / other p95", f"{tt['compaction_p95_ratio']:.2f}"))
     rows += [("errors", str(res["errors"])), ("lost turns", str(res["lost_turns"])), ("cross-talk", str(res["crosstalk"]))]
     srv = res.get("server")
     if srv:
@@ -384,21 +401,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="the local server: memchat serve in a subprocess, or uvicorn in a thread here")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    ap.add_argument("--llm-delay", type=float, default=0.0, help="seconds the stub LLM waits before each answer")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = ap.parse_args(argv)
     if a.threads < 1 or a.turns < 1:
         ap.error("--threads and --turns must be at least 1")
-    kw = dict(threads=a.threads, turns=a.turns, users=a.users, stream=a.stream, strict=a.strict, timeout=a.timeout)
+    overrides = parse_overrides(a.set)
+    kw = dict(threads=a.threads, turns=a.turns, users=a.users, stream=a.stream, strict=a.strict, timeout=a.timeout,
+              l0_turns=int(overrides.get("l0_turns", 5)))
     if a.url:
         res = run_load(a.url.rstrip("/"), a.key, echo=not a.no_echo, **kw)  # type: ignore[arg-type]
         where = a.url
     else:
         key = secrets.token_urlsafe(16)
-        with stub_llm() as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
-                memchat_server(llm, Path(d), key, parse_overrides(a.set), a.server) as base:
+        with stub_llm(a.llm_delay) as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
+                memchat_server(llm, Path(d), key, overrides, a.server) as base:
             res = run_load(base, key, echo=True, **kw)  # type: ignore[arg-type]
         where = f"stub LLM, memchat serve {'subprocess' if a.server == 'process' else 'in-process'}"
-        res["settings"] = parse_overrides(a.set)
+        res["settings"] = overrides
+        res["llm_delay_s"] = a.llm_delay
     res["where"] = where
     res["cpus"] = os.cpu_count()
     emit([table(res, where)], res, a.json, notes=[f"problem: {p}" for p in res["problems"][:10]])

@@ -27,7 +27,7 @@ from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
 from graph.vectorstore import MemoryDoc
 from nodes.common import completed_pairs, l0_turns, text_of
-from nodes.summarize import summarize_l2
+from nodes.summarize import schedule_next, summarize_l2
 from nodes.update_slots import head_snapshot
 
 __all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]
@@ -64,13 +64,17 @@ class MemChat:
         self._locks_guard = threading.Lock()
 
     # ---- config & locks ------------------------------------------------------------------
-    def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None
-               ) -> RunnableConfig:
+    def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
+               context: str | None = None) -> RunnableConfig:
         conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True}
         if user_id:
             conf["user_id"] = user_id
         if llm_params:
             conf["llm_params"] = llm_params
+        if context:
+            conf["request_context"] = context  # this request only: rendered in the tail, never stored
+        if self.settings.background_summaries:
+            conf["background_summaries"] = True  # the summarize node applies summaries made after the last reply
         return {"configurable": conf, "recursion_limit": 25}
 
     def lock(self, thread_id: str) -> threading.Lock:
@@ -110,8 +114,10 @@ class MemChat:
 
     def stream_turn(self, thread_id: str, message: str, *, user_id: str | None = None, persona: str | None = None,
                     llm_params: dict[str, Any] | None = None, idempotency_key: str | None = None,
-                    receipt: dict[str, Any] | None = None) -> Iterator[str | TurnResult]:
-        """Yield reply tokens as they stream, then the :class:`TurnResult`.
+                    receipt: dict[str, Any] | None = None, context: str | None = None
+                    ) -> Iterator[str | TurnResult]:
+        """Yield reply tokens as they stream, then the :class:`TurnResult` (``context``: text for this
+        turn's prompt tail only).
 
         With ``idempotency_key``, a request repeated on the thread with the same key gets the stored result
         (``replayed``, with the ``receipt`` stored by the first) instead of a second turn; the same key with a
@@ -120,7 +126,7 @@ class MemChat:
             raise ValueError("message must be a non-empty string")
         with self.exclusive(thread_id):
             self.recover(thread_id)
-            cfg = self.config(thread_id, user_id, llm_params)
+            cfg = self.config(thread_id, user_id, llm_params, context)
             pre = self.graph.get_state(cfg)
             self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
             self._flush(pre.values or {}, check=True)  # a turn whose memories were not written (crash, failure)
@@ -157,6 +163,8 @@ class MemChat:
                 self._rollback(thread_id, pre)
                 raise
             self._flush(final)  # vector memory last: nothing after it can fail the turn
+            if self.settings.background_summaries:  # the next compaction's summaries, off the hot path
+                schedule_next(self.engine, thread_id, final)
             ctx = dict(final.get("context") or {})
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),

@@ -174,6 +174,26 @@ def reindex(batch: Annotated[int, typer.Option(help="Documents per batch")] = 25
     console.print(f"re-embedded {n} memories")
 
 
+@app.command("import")
+def import_(file: Annotated[str, typer.Argument(help="JSONL: one conversation per line, "
+                                                     '{"thread_id", "user", "messages": [{"role", "content"}]}')],
+            summaries: Annotated[bool, typer.Option(help="LLM summaries for folded turns (else extractive)")] = True
+            ) -> None:
+    """Import conversations held elsewhere as new threads (their turns become past turns; progress bar)."""
+    _quiet()
+    from graph.chat import MemChat
+    from graph.importer import import_file
+    from graph.settings import get_settings
+
+    try:
+        res = import_file(MemChat(get_settings()), file, llm=summaries)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"imported {res['turns']} turns into {res['threads']} threads"
+                  + (f"; {res['skipped']} existing threads skipped" if res["skipped"] else ""))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context, name: Annotated[str, typer.Argument(help="locomo | prefix | overhead | ttft | load | slots")]
           ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     thread_wait: float = Field(60.0, gt=0, description="Seconds a request waits for its busy thread before 409")
     thread_queue: int = Field(4, ge=0, description="Requests that may wait for one busy thread; more get 409 at once")
     idempotency_keys: int = Field(20, ge=1, description="Idempotency keys remembered per thread (the last N)")
+    history_on_existing_thread: Literal["reject", "ignore"] = Field(
+        "reject", description="Earlier messages sent to an existing thread: 400 (reject) or ignore with a warning header")
+    background_summaries: bool = Field(True, description="Compute the next compaction's summary after the reply")
 
     @field_validator("llm_base_url")
     @classmethod

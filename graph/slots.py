@@ -10,7 +10,7 @@ from typing import Any
 from graph.rules_words import MULTI_KEYS
 from graph.settings import Settings
 from graph.state import Slot
-from graph.textproc import tokenize
+from graph.textproc import overlap, tokenize
 
 USER_ONLY_KINDS = ("instruction", "preference", "task")
 SLOT_KINDS = ("instruction", "preference", "fact", "task")
@@ -138,6 +138,38 @@ def forget(slots: dict[str, Slot], names: list[str], *, thread_id: str, user_id:
                                  turn=turn, now=now, why=why))
             del out[key]
     return out, events
+
+
+GROUNDING_MIN = 0.5
+
+
+def grounded(candidate: dict[str, Any], source_text: str) -> bool:
+    """A candidate is kept only when its source text supports it (lexical check)."""
+    value = str(candidate.get("value", ""))
+    if value and value.lower() in source_text.lower():
+        return True
+    return overlap(value, source_text) >= GROUNDING_MIN
+
+
+def keep_grounded(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operations to apply: every retract / correct / complete / forget, and each ``set`` whose value its
+    evidence supports."""
+    return [c for c in cands if c.get("op") != "set" or grounded(c, str(c.get("evidence", "")))]
+
+
+def apply_operations(slots: dict[str, Slot], cands: list[dict[str, Any]], *, settings: Settings, thread_id: str,
+                     user_id: str, turn: int) -> tuple[dict[str, Slot], list[dict[str, Any]]]:
+    """Apply one turn's slot operations in order (forget requests by name, the rest by key)."""
+    events: list[dict[str, Any]] = []
+    for c in cands:
+        if c["kind"] == "forget" or c.get("op") == "forget":
+            slots, ev = forget(slots, [c["key"]], thread_id=thread_id, user_id=user_id, turn=turn,
+                               why=c.get("evidence", ""))
+        else:
+            slots, ev = apply_candidates(slots, [c], settings=settings, thread_id=thread_id, user_id=user_id,
+                                         turn=turn)
+        events += ev
+    return slots, events
 
 
 def expire(slots: dict[str, Slot], *, thread_id: str, user_id: str, turn: int,

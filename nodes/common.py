@@ -73,3 +73,17 @@ def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
         out.append(Turn(turn=n, user=text_of(h), assistant=text_of(a), memories=list(meta.get("memories") or []),
                         notes=list(meta.get("notes") or [])))
     return out
+
+
+def request_context(config: RunnableConfig | None) -> str:
+    """Text the caller added for this request only (``configurable.request_context``)."""
+    return str(((config or {}).get("configurable") or {}).get("request_context") or "").strip()
+
+
+def with_context(message: str, context: str) -> str:
+    """The new message with the per-request context block in front (volatile tail only, never stored)."""
+    if not context:
+        return message
+    from prompts import load_prompt
+
+    return load_prompt("request_context").strip().format(context=context) + "\n\n" + message

@@ -13,19 +13,9 @@ from langchain_core.runnables import RunnableConfig
 from graph.engine import Engine, get_engine
 from graph.namespaces import public_user
 from graph.rules import extract_rules
+from graph.slots import keep_grounded
 from graph.state import State
-from graph.textproc import overlap
 from nodes.common import current_message, text_of, user_id
-
-GROUNDING_MIN = 0.5
-
-
-def grounded(candidate: dict[str, Any], source_text: str) -> bool:
-    """A candidate is kept only when its source turn supports it (lexical check)."""
-    value = str(candidate.get("value", ""))
-    if value and value.lower() in source_text.lower():
-        return True
-    return overlap(value, source_text) >= GROUNDING_MIN
 
 
 def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
@@ -40,5 +30,5 @@ def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None
         update["messages"] = [HumanMessage(content=text, id=human.id)]
         update["counters"] = {"truncated_messages": 1}
     cands = [c.as_dict() for c in extract_rules(text, "user")]
-    update["candidates"] = [c for c in cands if c["op"] != "set" or grounded(c, c["evidence"])]
+    update["candidates"] = keep_grounded(cands)
     return update

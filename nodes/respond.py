@@ -20,7 +20,7 @@ from graph.rules import free_facts
 from graph.slots import REMOVED
 from graph.state import State, TurnMeta
 from graph.vectorstore import MemoryDoc, msg_id
-from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
+from nodes.common import current_message, l0_turns, request_context, text_of, thread_id, user_id, with_context
 from nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
 
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
@@ -70,7 +70,8 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
     notes = [n for n in (_describe(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
     asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
-                   turns=turns, message=message, memories=list(state.get("retrieved") or []), notes=notes)
+                   turns=turns, message=with_context(message, request_context(config)),
+                   memories=list(state.get("retrieved") or []), notes=notes)
     if asm.rebased:
         turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
     llm = eng.llm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from langchain_core.messages import HumanMessage, RemoveMessage
@@ -11,10 +12,12 @@ from langchain_core.runnables import RunnableConfig
 
 from graph.engine import Engine, get_engine
 from graph.llm import json_schema_format, response_format_for
+from graph.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
+from graph.prompt import Turn
 from graph.rules import sentences
+from graph.slots import grounded
 from graph.state import State
-from nodes.common import completed_pairs, l0_turns, text_of
-from nodes.extract_facts import grounded
+from nodes.common import completed_pairs, l0_turns, text_of, thread_id
 from nodes.update_slots import head_snapshot
 from prompts import load_prompt
 
@@ -59,6 +62,31 @@ def _call_json(eng: Engine, prompt: str, name: str, schema: dict[str, Any], max_
     if not isinstance(data, dict):
         raise ValueError("summary is not a JSON object")
     return data
+
+
+def l2_take(l1: list[dict[str, Any]], threshold: int, *, everything: bool = False) -> list[dict[str, Any]]:
+    """The oldest L1 lines folded into L2 at once: until they cover ``threshold`` turns (or all)."""
+    take, covered = [], 0
+    for b in l1:
+        if covered >= threshold and not everything:
+            break
+        take.append(b)
+        covered += int(b["to_turn"]) - int(b["from_turn"]) + 1
+    return take
+
+
+def ready(eng: Engine, key: str, background: bool, must: bool, schedule: Callable[[], None]) -> Any:
+    """A summary computed in the background: the result, ``PENDING`` (defer: it is on its way, or was
+    started just now) or ``MISSING`` (compute it now: no background, or the compaction cannot wait)."""
+    if not background:
+        return MISSING
+    res = cache_for(eng).get(key, wait=eng.settings.llm_timeout if must else 0.0)
+    if res is MISSING and not must:
+        schedule()  # e.g. after a restart: recomputed in the background, applied on a later turn
+        return PENDING
+    if res is PENDING:  # still running: fold it a turn later, unless L0 cannot grow further
+        return MISSING if must else PENDING
+    return res
 
 
 def fallback_summary(turns_text: list[str], max_chars: int = 160) -> str:
@@ -118,9 +146,16 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
     turns = l0_turns(state)
     pairs = completed_pairs(state)
     pending = list(state.get("pending_facts") or [])
+    tid = thread_id(config)
+    bg = bool(((config or {}).get("configurable") or {}).get("background_summaries"))
+    res: Any = MISSING
     if len(turns) >= 2 * n:
+        fold = turns[:n]
+        res = ready(eng, l1_key(tid, fold), bg, len(turns) >= 3 * n,
+                    lambda: schedule_l1(eng, tid, fold, list(l1), l2))
+    if res is not PENDING and len(turns) >= 2 * n:  # PENDING: computed in the background, folded next turn
         fold, fold_pairs = turns[:n], pairs[:n]
-        text, facts, ok = summarize_l1(eng, [(t.turn, t.user, t.assistant) for t in fold])
+        text, facts, ok = res if res is not MISSING else summarize_l1(eng, [(t.turn, t.user, t.assistant) for t in fold])
         counters["llm_calls_summary"] = 1
         if not ok:
             counters["summary_failures"] = 1
@@ -131,15 +166,16 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
         # the compaction re-renders everything after L1 anyway: drop the kept turns' memory blocks now
         update["l0_meta"] = [dict(m, memories=[]) for m in (state.get("l0_meta") or [])
                              if int(m.get("turn", 0)) in keep]
-    due = l1_coverage(l1) >= s.l2_threshold + n or (state.get("l2_requested") and l1)
+    requested = bool(state.get("l2_requested"))
+    due = l1_coverage(l1) >= s.l2_threshold + n or (requested and l1)
+    new_l2: Any = PENDING
     if due:
-        take, covered = [], 0
-        for b in l1:
-            if covered >= s.l2_threshold and not state.get("l2_requested"):
-                break
-            take.append(b)
-            covered += int(b["to_turn"]) - int(b["from_turn"]) + 1
-        new_l2 = summarize_l2(eng, l2, take)
+        take = l2_take(l1, s.l2_threshold, everything=requested)
+        prev, lines, late = l2, list(l1), l1_coverage(l1) >= s.l2_threshold + 3 * n
+        new_l2 = MISSING if requested else ready(eng, l2_key(tid, l2, take), bg, late,
+                                                 lambda: schedule_l2(eng, tid, prev, lines))
+    if due and new_l2 is not PENDING:
+        new_l2 = summarize_l2(eng, l2, take) if new_l2 is MISSING else new_l2
         counters["llm_calls_summary"] = counters.get("llm_calls_summary", 0) + 1
         if new_l2 is not None:
             l2 = new_l2
@@ -156,3 +192,46 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
         update["head"] = snap
     update["counters"] = counters
     return update
+
+
+# ---- background: the next compaction's summaries, computed after the reply (graph.precompute) ----
+
+
+def schedule_next(engine: Engine, thread_id: str, state: Mapping[str, Any]) -> bool:
+    """After a turn: start the summaries the next turn's compaction will need; True when one started."""
+    s = engine.settings
+    n = s.l0_turns
+    turns = l0_turns(state)
+    l1 = list(state.get("l1") or [])
+    if len(turns) >= 2 * n:
+        schedule_l1(engine, thread_id, turns[:n], l1, state.get("l2"))
+        return True
+    if l1_due(l1, s):
+        schedule_l2(engine, thread_id, state.get("l2"), l1)
+        return True
+    return False
+
+
+def l1_due(l1: list[dict[str, Any]], settings: Any) -> bool:
+    """Whether L1 covers enough turns to be folded into L2."""
+    return bool(l1_coverage(l1) >= settings.l2_threshold + settings.l0_turns)
+
+
+def schedule_l1(engine: Engine, thread_id: str, fold: list[Turn], l1: list[dict[str, Any]],
+                l2: Mapping[str, Any] | None) -> None:
+    """Summarize ``fold`` into an L1 line in the background (then L2, when that line makes it due)."""
+    def job() -> Any:
+        res = summarize_l1(engine, [(t.turn, t.user, t.assistant) for t in fold])
+        lines = l1 + [{"from_turn": fold[0].turn, "to_turn": fold[-1].turn, "text": res[0], "llm": res[2]}]
+        if l1_due(lines, engine.settings):  # registered before this result shows: the node sees it pending
+            schedule_l2(engine, thread_id, l2, lines)
+        return res
+
+    cache_for(engine).submit(l1_key(thread_id, fold), job)
+
+
+def schedule_l2(engine: Engine, thread_id: str, l2: Mapping[str, Any] | None, l1: list[dict[str, Any]]) -> None:
+    """Fold the oldest L1 lines into L2 in the background."""
+    take = l2_take(l1, engine.settings.l2_threshold)
+    prev = dict(l2) if l2 else None
+    cache_for(engine).submit(l2_key(thread_id, l2, take), lambda: summarize_l2(engine, prev, take))

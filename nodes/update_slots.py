@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from graph.engine import Engine, get_engine
 from graph.namespaces import audit_namespace, profile_namespace, search_all
-from graph.slots import LOG_LIMIT, REMOVED, apply_candidates, expire, forget
+from graph.slots import LOG_LIMIT, REMOVED, apply_operations, expire
 from graph.state import Slot, State
 from nodes.common import thread_id, user_id
 
@@ -55,13 +55,9 @@ def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None =
             slots[item.key] = carried(item.value, tid)
     slots, ev = expire(slots, thread_id=tid, user_id=uid, turn=turn)
     events += ev
-    cands = list(state.get("candidates") or [])
-    for c in cands:
-        if c["kind"] == "forget" or c.get("op") == "forget":
-            slots, ev = forget(slots, [c["key"]], thread_id=tid, user_id=uid, turn=turn, why=c.get("evidence", ""))
-        else:
-            slots, ev = apply_candidates(slots, [c], settings=eng.settings, thread_id=tid, user_id=uid, turn=turn)
-        events += ev
+    slots, ev = apply_operations(slots, list(state.get("candidates") or []), settings=eng.settings, thread_id=tid,
+                                 user_id=uid, turn=turn)
+    events += ev
     persona = state.get("persona") or eng.settings.persona
     head = state.get("head") or {}
     update: dict[str, Any] = {"slots": slots, "slot_changes": events,

@@ -49,6 +49,7 @@ from graph.settings import Settings, get_settings
 from server import auth
 from server.admission import ThreadGate, idempotency_key
 from server.guard import RequestGuardMiddleware, parse_allowed_hosts
+from server.history import IMPORTED_HEADER, prepare_thread, request_context, undo_import_on_failure
 from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import ServerMetrics, TurnObserver
@@ -69,6 +70,7 @@ from server.schemas import (
     usage_block,
 )
 from server.stateless import StatelessResult, build_prompt, stream_answer
+from server.user_memory import build_user_prompt, stream_and_remember
 from server.users import mount_user_routes
 
 log = logging.getLogger("memchat.server")
@@ -289,6 +291,7 @@ class ChatPlan:
     history: list[tuple[str, str]]
     llm_params: dict[str, Any]
     idempotency_key: str | None = None  # with a thread: a retry with the same key replays the stored result
+    context: str | None = None
 
 
 def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) -> ChatPlan:
@@ -322,14 +325,10 @@ def plan_chat(req: ChatCompletionRequest, request: Request, settings: Settings) 
     while lead < len(texts) and texts[lead][0] in SYSTEM_ROLES:
         lead += 1
     persona = "\n\n".join(t for _, t in texts[:lead] if t.strip()) or None
-    history: list[tuple[str, str]] = []
-    for role, text in texts[lead:last_user]:
-        if role in SYSTEM_ROLES:  # a later system message: part of the persona for this request
-            persona = "\n\n".join(p for p in (persona, text) if p)
-        else:
-            history.append((role, text))
+    history: list[tuple[str, str]] = [(r, t) for r, t in texts[lead:last_user] if r not in SYSTEM_ROLES]
+    context = request_context(req, texts, lead)  # later system messages: this request's tail only
     return ChatPlan(req, thread_id, user_id, persona, message, history, req.llm_params(),
-                    idempotency_key(request.headers))
+                    idempotency_key=idempotency_key(request.headers), context=context)
 
 
 @dataclass
@@ -420,22 +419,34 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
     """Run the request (stateful turn or stateless call) and answer plainly or as SSE."""
     mc = server.memchat
     extra: dict[str, Any] = {}
+    more: dict[str, str] = {}  # what happened to history sent with a thread (imported / ignored)
     obs = server.metrics.turn("thread" if plan.thread_id else "stateless")
     cid, created = new_completion_id(), int(time.time())
     try:
         if plan.thread_id:
             tid = plan.thread_id
             receipt = {"id": cid, "created": created}
+            more = await server.call(prepare_thread, mc, plan)
             server.gate.enter(tid)  # 409 thread_busy at once when the thread's queue is full
 
             def make() -> Iterator[Any]:
-                return server.gate.wrap(tid, mc.stream_turn(
-                    tid, plan.message, user_id=plan.user_id, persona=plan.persona,
-                    llm_params=plan.llm_params or None, idempotency_key=plan.idempotency_key, receipt=receipt))
+                it = mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
+                                    llm_params=plan.llm_params or None, idempotency_key=plan.idempotency_key,
+                                    receipt=receipt, context=plan.context)
+                return server.gate.wrap(tid, undo_import_on_failure(mc, tid, it) if IMPORTED_HEADER in more else it)
             cancel = False
+        elif plan.user_id:  # stateless with a user: that user's long-term memory is used and updated
+            uid = plan.user_id
+            prompt = await server.call(build_user_prompt, mc, plan.persona or mc.settings.persona, plan.history,
+                                       plan.message, uid, plan.context)
+            extra = dict(prompt.info(), user=uid)
+
+            def make() -> Iterator[Any]:
+                return stream_and_remember(mc, prompt, plan.llm_params, uid, plan.history, plan.message)
+            cancel = True
         else:
             prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona,
-                                       plan.history, plan.message)
+                                       plan.history, plan.message, context=plan.context)
             extra = prompt.info()
 
             def make() -> Iterator[Any]:
@@ -448,6 +459,7 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
 
     items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
+    headers.update(more)
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
         try:

@@ -142,6 +142,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     user: str | None = None
     thread_id: str | None = None
+    memchat: dict[str, Any] | None = None  # memchat's extras (extra_body): {"context": "this request only"}
     tools: list[Any] | None = None
     functions: list[Any] | None = None
 

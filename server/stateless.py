@@ -8,12 +8,13 @@ for several requests (prefix caches keep hitting). The overflow is
 * scanned for anchored slots with the rules tier (shown in the head), and
 * searched with BM25 for the new message (the hits go into the memory block of the tail).
 
-Then one LLM call answers. Nothing is stored.
+Then one LLM call answers. Without a user nothing is stored; with one, ``server.user_memory`` uses and
+updates that user's long-term memory (profile slots, vector memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +25,9 @@ from graph.engine import Engine
 from graph.llm import cached_tokens, classify_error
 from graph.prompt import Assembled, Turn, assemble, memory_line, render_head, render_l1
 from graph.rules import extract_rules
-from graph.slots import apply_candidates
+from graph.slots import apply_operations, keep_grounded
 from graph.textproc import tokenize
-from nodes.common import text_of
-from nodes.extract_facts import grounded
+from nodes.common import text_of, with_context
 from nodes.respond import _llm_params, to_lc
 from nodes.summarize import fallback_summary
 
@@ -82,15 +82,13 @@ def overflow_l1(turns: list[Turn], block: int) -> list[dict[str, Any]]:
     return lines
 
 
-def overflow_slots(engine: Engine, turns: list[Turn]) -> dict[str, Any]:
-    """Anchored slots from the user's explicit statements in the overflowed turns (rules tier)."""
-    slots: dict[str, Any] = {}
+def overflow_slots(engine: Engine, turns: list[Turn], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Anchored slots from the user's explicit statements in the overflowed turns (rules tier), applied
+    over ``base`` (a user's profile)."""
+    slots: dict[str, Any] = dict(base or {})
     for t in turns:
-        cands = [c.as_dict() for c in extract_rules(t.user, "user")]
-        cands = [c for c in cands if grounded(c, c["evidence"])]
-        if cands:
-            slots, _ = apply_candidates(slots, cands, settings=engine.settings, thread_id="-", user_id="-",
-                                        turn=t.turn)
+        cands = keep_grounded([c.as_dict() for c in extract_rules(t.user, "user")])
+        slots, _ = apply_operations(slots, cands, settings=engine.settings, thread_id="-", user_id="-", turn=t.turn)
     return slots
 
 
@@ -131,29 +129,42 @@ def bm25_recall(turns: list[Turn], query: str, top_k: int) -> list[dict[str, Any
     return hits
 
 
-def build_prompt(engine: Engine, persona: str, history: list[tuple[str, str]], message: str) -> StatelessPrompt:
-    """Trim to the budget, summarize / mine / search the overflow, and assemble the prompt."""
+Recall = Callable[[list[Turn], list[Turn], int], list[dict[str, Any]]]
+
+
+def build_prompt(engine: Engine, persona: str, history: list[tuple[str, str]], message: str, *,
+                 base_slots: Callable[[list[Turn]], dict[str, Any]] | None = None, recall: Recall | None = None,
+                 context: str | None = None) -> StatelessPrompt:
+    """Trim to the budget, summarize / mine / search the overflow, and assemble the prompt.
+
+    With a user (see ``server.user_memory``): ``base_slots(verbatim turns)`` gives the user's profile slots
+    for the head and ``recall(overflow, verbatim, budget)`` searches the user's vector memory (on every
+    pass, overflow or not) instead of BM25 over the overflow. ``context`` goes into the tail only."""
     s = engine.settings
     turns = pair_turns(history)
     block = max(1, s.l0_turns)
     share = s.prompt_limit // SECTION_SHARE
     count = engine.tokenizer.count
+    tail = with_context(message, context or "")
     k = 0  # turns moved to the overflow
-    slots: dict[str, Any] = {}
+    slots: dict[str, Any] = base_slots(turns) if base_slots else {}
     l1: list[dict[str, Any]] = []
-    memories: list[dict[str, Any]] = []
+    memories = recall([], turns, min(share, s.memory_tokens)) if recall else []
     asm: Assembled | None = None
     for _ in range(MAX_PASSES):
         head = render_head(persona, slots, None)
-        asm = assemble(settings=s, budget=engine.budget, head=head, l1=l1, turns=turns[k:], message=message,
+        asm = assemble(settings=s, budget=engine.budget, head=head, l1=l1, turns=turns[k:], message=tail,
                        memories=memories, notes=[])
         if not asm.dropped_turns or k >= len(turns):
             break
         # grow the overflow in whole blocks, so the prefix only changes every `block` turns
         k = min(len(turns), -(-(k + asm.dropped_turns) // block) * block)
         over = turns[:k]
-        slots = overflow_slots(engine, over)
+        slots = overflow_slots(engine, over, base_slots(turns[k:]) if base_slots else None)
         l1 = _cap(overflow_l1(over, block), lambda b: count(render_l1([b])), share, keep_newest=True)
+        if recall:
+            memories = recall(over, turns[k:], min(share, s.memory_tokens))
+            continue
         hits = bm25_recall(over, message, s.memory_top_k)
         memories = _cap(hits, lambda m: count(memory_line(m)) + 1, min(share, s.memory_tokens), keep_newest=False)
         memories.sort(key=lambda m: m["seq"])  # shown in conversation order

@@ -31,7 +31,9 @@ SECRET = "SECRET-CONTENT-4242 my passport number is X99-1234"
 
 @pytest.fixture(scope="module")
 def base(stub: StubURL, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serve_memchat(stub, tmp_path_factory.mktemp("obs"), api_key=KEY, l0_turns=1, llm_max_retries=0) as url:
+    # inline summaries: the log test below wants the summary's warning inside the request that compacts
+    with serve_memchat(stub, tmp_path_factory.mktemp("obs"), api_key=KEY, l0_turns=1, llm_max_retries=0,
+                       background_summaries=False) as url:
         yield url
 
 

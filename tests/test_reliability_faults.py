@@ -175,7 +175,8 @@ def test_hanging_backend_is_504_within_the_timeout(base: str, mc: MemChat, stub:
 
 def test_invalid_summary_json_leaves_the_turn_answered_and_is_counted(stub: Stub, tmp_path: Path) -> None:
     settings = Settings(llm_base_url=stub.url, llm_model=STUB_MODEL, data_dir=tmp_path, api_key=KEY, l0_turns=1,
-                        llm_extraction=True, llm_max_retries=0, _env_file=None)  # type: ignore[call-arg]
+                        llm_extraction=True, llm_max_retries=0, background_summaries=False,  # inline: scripted order
+                        _env_file=None)  # type: ignore[call-arg]
     with serve_app(create_app(settings, MemChat(settings))) as url:
         for text in ("I am planning a trip to Kyoto.", "We will travel in April."):
             assert chat(url, "summ", text)[0].status_code == 200
@@ -196,7 +197,8 @@ def test_invalid_summary_json_leaves_the_turn_answered_and_is_counted(stub: Stub
 
 def test_summary_timeouts_and_retrieval_failures_are_counted(tmp_path: Path) -> None:
     settings = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="fake", data_dir=tmp_path, api_key=KEY,
-                        l0_turns=1, llm_extraction=True, _env_file=None)  # type: ignore[call-arg]
+                        l0_turns=1, llm_extraction=True, background_summaries=False,  # counted within the turns
+                        _env_file=None)  # type: ignore[call-arg]
     fake = ScriptedChatModel(fail_kinds={"summary"})  # summary calls raise TimeoutError
     store = Engine(settings).memory
 
