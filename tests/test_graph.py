@@ -141,7 +141,9 @@ def test_crash_mid_turn_is_recovered(memchat: MemChat, fake_llm: ScriptedChatMod
 
 
 def test_summary_failure_never_blocks(settings: Settings) -> None:
-    s = settings.model_copy(update={"l0_turns": 2})
+    # inline summaries: the counts below are read right after the compacting turns (the background path
+    # is tested in tests/test_integrator.py)
+    s = settings.model_copy(update={"l0_turns": 2, "background_summaries": False})
     mc, llm = make(s, fail_kinds={"summary"})
     for i in range(6):
         mc.turn("t", f"I visited city number {i} last year.", user_id="u")
