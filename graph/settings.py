@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     allowed_hosts: str = Field("", description="Comma-separated Host names the server answers to besides "
                                "loopback (name, name:port, .suffix, *); see server/guard.py")
     require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
+    api_keys_file: Path | None = Field(None, description="Tenant keys (hashed) and the users each may act for; "
+                                       "managed with `memchat keys`, re-read when it changes")
 
     @field_validator("llm_base_url")
     @classmethod
