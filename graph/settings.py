@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
     api_keys_file: Path | None = Field(None, description="Tenant keys (hashed) and the users each may act for; "
                                        "managed with `memchat keys`, re-read when it changes")
+    login_max_failures: int = Field(5, ge=0, description="Failed /login attempts per client address and minute "
+                                    "before 429 (per process; 0 = unlimited)")
 
     @field_validator("llm_base_url")
     @classmethod

@@ -515,7 +515,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     revocations = auth.SessionRevocations(memchat.store)
     keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None  # tenant keys
-    app.state.login_throttle = throttle = LoginThrottle()
+    app.state.login_throttle = throttle = LoginThrottle(settings.login_max_failures or 1 << 30)
     # the last added is the outermost: request id and access log, then auth, then the Host / origin /
     # content-type guard, then body limits, then the check of graph inputs (only authenticated requests get
     # that far)
@@ -577,7 +577,8 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     @app.post("/login", tags=["meta"], status_code=303,
               responses={200: {"description": "JSON login: the cookie is set"},
                          303: {"description": "Form login: the cookie is set, go to `next`"},
-                         401: {"description": "Missing or wrong key"}},
+                         401: {"description": "Missing or wrong key"},
+                         429: {"description": "Too many failed sign-ins from this address (see Retry-After)"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/x-www-form-urlencoded": {"schema": {
                       "type": "object", "required": ["key"],
