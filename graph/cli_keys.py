@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from server.keys import KeyStore
 
 keys_app = typer.Typer(help="Tenant API keys: each may act only for its users.", no_args_is_help=True)
 console = Console()
@@ -17,7 +20,7 @@ err = Console(stderr=True)
 FileOption = Annotated[Path | None, typer.Option("--file", help="Keys file (default: MEMCHAT_API_KEYS_FILE)")]
 
 
-def _store(path: Path | None):  # type: ignore[no-untyped-def]
+def _store(path: Path | None) -> KeyStore:
     from graph.settings import Settings
     from server.keys import KeyStore
 
@@ -51,7 +54,7 @@ def list_keys(file: FileOption = None,
 
     store = _store(file)
     try:
-        rows = [describe(k) for k in store._current()]
+        rows = [describe(k) for k in store.entries()]
     except (ValueError, OSError, KeyError, TypeError) as exc:
         err.print(f"[bold red]error:[/] {store.path} is not a valid keys file: {exc}")
         raise typer.Exit(1) from exc

@@ -687,7 +687,7 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
     configure_logging(fmt, level)
     settings = get_settings()
-    if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None and not settings.api_keys_file:
         log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory "
                     "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=level.lower(), access_log=False,

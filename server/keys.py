@@ -116,8 +116,8 @@ class KeyStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _current(self) -> list[TenantKey]:
-        """The entries for an edit (an invalid file raises rather than being overwritten)."""
+    def entries(self) -> list[TenantKey]:
+        """The entries as stored now (an invalid file raises: an edit never overwrites it)."""
         return self._read() if self.path.exists() else []
 
     def add(self, name: str, users: list[str]) -> str:
@@ -136,7 +136,7 @@ class KeyStore:
                 clean.append(uid)
         if not clean:
             raise ValueError("a key needs at least one user")
-        current = self._current()
+        current = self.entries()
         if any(k.name == name for k in current):
             raise ValueError(f"a key named {name!r} exists (revoke it first)")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -146,7 +146,7 @@ class KeyStore:
 
     def revoke(self, name: str) -> bool:
         """Remove the key named ``name``; False when there is none."""
-        current = self._current()
+        current = self.entries()
         if not any(k.name == name for k in current):
             return False
         self._write([k for k in current if k.name != name])
