@@ -3,8 +3,9 @@
 At most ``limit`` failures (missing or wrong key) within a sliding ``window`` of seconds per address; past
 that, every attempt from the address (even with the right key, so guessing gains nothing) is answered 429
 with ``Retry-After`` until the oldest failure leaves the window. Kept in memory per process: each replica
-counts on its own (N replicas allow N × ``limit``), and a restart forgets. Behind a reverse proxy every
-client has the proxy's address, so the proxy's own rate limit is the per-user one there.
+counts on its own (N replicas allow N × ``limit``), and a restart forgets. The address is uvicorn's
+``client`` (``X-Forwarded-For`` only from the proxies it trusts, ``FORWARDED_ALLOW_IPS``; else behind a
+proxy every client shares the proxy's address).
 """
 
 from __future__ import annotations
