@@ -1,4 +1,4 @@
-"""The ``memchat`` command line: chat, serve, bench, reindex, memory."""
+"""The ``memchat`` command line: chat, serve, bench, reindex, memory, keys."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graph.cli_keys import keys_app
+
 app = typer.Typer(help="memchat: long-term memory for multi-turn LLM chat.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
 err = Console(stderr=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _quiet() -> None:

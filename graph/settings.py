@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     history_on_existing_thread: Literal["reject", "ignore"] = Field(
         "reject", description="Earlier messages sent to an existing thread: 400 (reject) or ignore with a warning header")
     background_summaries: bool = Field(True, description="Compute the next compaction's summary after the reply")
+    api_keys_file: Path | None = Field(None, description="Tenant keys (hashed) and the users each may act for; "
+                                       "managed with `memchat keys`, re-read when it changes")
+    login_max_failures: int = Field(5, ge=0, description="Failed /login attempts per client address and minute "
+                                    "before 429 (per process; 0 = unlimited)")
 
     @field_validator("llm_base_url")
     @classmethod

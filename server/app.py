@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -46,10 +46,12 @@ from graph.observability import configure_logging, request_id_var, uvicorn_log_c
 from graph.persistence import ThreadBusy
 from graph.receipts import IdempotencyConflict
 from graph.settings import Settings, get_settings
-from server import auth
+from server import auth, tenancy
+from server import login as login_routes
 from server.admission import ThreadGate, idempotency_key
 from server.guard import RequestGuardMiddleware, parse_allowed_hosts
 from server.history import IMPORTED_HEADER, prepare_thread, request_context, undo_import_on_failure
+from server.keys import KeyStore
 from server.langserve_routes import GraphPrecheck
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import ServerMetrics, TurnObserver
@@ -70,6 +72,7 @@ from server.schemas import (
     usage_block,
 )
 from server.stateless import StatelessResult, build_prompt, stream_answer
+from server.throttle import LoginThrottle
 from server.user_memory import build_user_prompt, stream_and_remember
 from server.users import mount_user_routes
 
@@ -537,21 +540,23 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         finally:
             server.close_pool()
 
-    app = FastAPI(title="memchat", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="memchat", version="0.1.0", lifespan=lifespan, dependencies=[Depends(tenancy.guard)],
                   description="OpenAI-compatible chat with long-term memory (threads via X-Thread-ID).")
     app.state.server = server
     app.state.memchat = memchat
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     revocations = auth.SessionRevocations(memchat.store)
+    keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None  # tenant keys
+    app.state.login_throttle = throttle = LoginThrottle(settings.login_max_failures or 1 << 30)
     # the last added is the outermost: request id and access log, then auth, then the Host / origin /
     # content-type guard, then body limits, then the check of graph inputs (only authenticated requests get
     # that far)
     app.add_middleware(GraphPrecheck, max_chars=settings.max_request_chars, require_user=settings.require_user)
     app.add_middleware(BodySizeMiddleware, max_bytes=8 * settings.max_request_chars + (1 << 20))
     app.add_middleware(RequestGuardMiddleware, allowed_hosts=parse_allowed_hosts(settings.allowed_hosts),
-                       keyless=not api_key)
-    if api_key:
-        app.add_middleware(auth.AuthMiddleware, api_key=api_key, revocations=revocations)
+                       keyless=not (api_key or keys))
+    if api_key or keys:
+        app.add_middleware(auth.AuthMiddleware, api_key=api_key, revocations=revocations, keys=keys)
     app.add_middleware(RequestContextMiddleware, metrics=server.metrics)
 
     # ---- errors: OpenAI-shaped under /v1 ----
@@ -604,7 +609,8 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     @app.post("/login", tags=["meta"], status_code=303,
               responses={200: {"description": "JSON login: the cookie is set"},
                          303: {"description": "Form login: the cookie is set, go to `next`"},
-                         401: {"description": "Missing or wrong key"}},
+                         401: {"description": "Missing or wrong key"},
+                         429: {"description": "Too many failed sign-ins from this address (see Retry-After)"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/x-www-form-urlencoded": {"schema": {
                       "type": "object", "required": ["key"],
@@ -614,12 +620,12 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     async def login(request: Request) -> Response:
         """Check the API key (form field or JSON ``key``) and set the HttpOnly session cookie
         ``memchat_key`` (SameSite=Strict) used by the web page."""
-        return await auth.login(request, api_key or None)
+        return await login_routes.login(request, api_key or None, keys, throttle)
 
     @app.post("/logout", tags=["meta"])
     async def logout(request: Request) -> Response:
         """Sign out: revoke the session token of the cookie and drop the cookie."""
-        return await auth.logout(request, revocations)
+        return await login_routes.logout(request, revocations)
 
     @app.get("/v1/models", tags=["openai"])
     async def models() -> dict[str, Any]:
@@ -635,7 +641,10 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """OpenAI chat completions. With ``X-Thread-ID`` the server keeps the memory (send only the new
         message); without, the memory techniques apply within the messages sent."""
+        if not (body.user or request.headers.get("x-user-id")):
+            body.user = tenancy.default_user(request)  # a tenant key acts for its first user
         plan = plan_chat(body, request, settings)
+        plan.user_id = await tenancy.chat_scope(request, plan.user_id, plan.thread_id)
         await server.require_backend()
         return await answer(server, plan)
 
@@ -711,7 +720,7 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
     configure_logging(fmt, level)
     settings = get_settings()
-    if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None and not settings.api_keys_file:
         log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory "
                     "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=level.lower(), access_log=False,

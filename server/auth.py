@@ -12,6 +12,11 @@ stored in the browser; changing ``MEMCHAT_API_KEY`` signs everyone out). ``POST 
 something (not GET/HEAD/OPTIONS) must come from the same origin when the browser says where they come
 from (``Origin`` / ``Sec-Fetch-Site``): a second line behind ``SameSite=Strict`` against cross-site
 request forgery.
+
+Tenant keys (``MEMCHAT_API_KEYS_FILE``, :mod:`server.keys`) authenticate the same ways; the middleware puts
+the :class:`~server.tenancy.Principal` (the admin, or the tenant key and its users) on the request
+(``scope["state"]["principal"]``) for :mod:`server.tenancy` to check. Failed logins are throttled per client
+address (:mod:`server.throttle`). Keys are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -20,20 +25,20 @@ import asyncio
 import hashlib
 import hmac
 import html
-import json
 import logging
 import secrets
 import time
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from fastapi import Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.keys import TENANT_TOKEN_PREFIX, KeyStore, TenantKey, tenant_of_session
 from server.schemas import APIError
+from server.tenancy import ADMIN, Principal
 
 log = logging.getLogger("memchat.server")
 
@@ -195,26 +200,50 @@ def _wants_html(headers: Headers) -> bool:
 # ---- the middleware --------------------------------------------------------------------------------
 
 
+def tenant(entry: TenantKey) -> Principal:
+    """The principal of a tenant key."""
+    return Principal(entry.name, entry.users)
+
+
 class AuthMiddleware:
     """401 for every request without valid credentials, except the public routes (an ASGI middleware,
-    so it also covers the LangServe routes, mounted apps and unknown paths)."""
+    so it also covers the LangServe routes, mounted apps and unknown paths). ``api_key`` is the admin key
+    (may be empty when only ``keys`` are used)."""
 
-    def __init__(self, app: ASGIApp, api_key: str, revocations: SessionRevocations | None = None) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, revocations: SessionRevocations | None = None,
+                 keys: KeyStore | None = None) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.keys = keys
         self.revocations = revocations or SessionRevocations()
 
-    async def _session_ok(self, cookie: str) -> bool:
-        """A valid cookie whose session was not signed out."""
-        if not valid_cookie(self.key, cookie):
-            return False
-        if not cookie.startswith(_TOKEN_PREFIX):
-            return True  # the key itself: only changing MEMCHAT_API_KEY revokes it
+    def _bearer(self, token: str) -> Principal | None:
+        if self.key and hmac.compare_digest(token.encode(), self.key):
+            return ADMIN
+        entry = self.keys.match(token) if self.keys is not None else None
+        return tenant(entry) if entry is not None else None
+
+    async def _session(self, cookie: str) -> Principal | None:
+        """The principal of a valid cookie whose session was not signed out."""
+        found: Principal | None = None
+        if self.key and valid_cookie(self.key, cookie):
+            found = ADMIN
+            if not cookie.startswith(_TOKEN_PREFIX):
+                return found  # the key itself: only changing MEMCHAT_API_KEY revokes it
+        elif self.keys is not None and cookie.startswith(TENANT_TOKEN_PREFIX):
+            entry = await asyncio.to_thread(tenant_of_session, self.key, self.keys, cookie)
+            found = tenant(entry) if entry is not None else None
+        if found is None:
+            return None
         try:
-            return not await asyncio.to_thread(self.revocations.is_revoked, cookie)
+            return None if await asyncio.to_thread(self.revocations.is_revoked, cookie) else found
         except Exception:  # the store is unreachable: no session rather than a 500
             log.warning("session revocation check failed", exc_info=True)
-            return False
+            return None
+
+    async def _pass(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["method"], scope["path"]):
@@ -223,18 +252,20 @@ class AuthMiddleware:
         headers = Headers(scope=scope)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() == "bearer" and token and hmac.compare_digest(token.encode(), self.key):
-            await self.app(scope, receive, send)
+        principal = self._bearer(token) if scheme.lower() == "bearer" and token else None
+        if principal is not None:
+            await self._pass(principal, scope, receive, send)
             return
         cookie = _cookie_value(headers)
-        if cookie and await self._session_ok(cookie):
+        principal = await self._session(cookie) if cookie else None
+        if principal is not None:
             if scope["method"] not in SAFE_METHODS and not _same_origin(headers):
                 err = APIError(403, "cross-origin request refused (the session cookie only works from this "
                                "server's own pages; send 'Authorization: Bearer <key>' instead)",
                                code="cross_origin")
                 await err.response()(scope, receive, send)
                 return
-            await self.app(scope, receive, send)
+            await self._pass(principal, scope, receive, send)
             return
         if scope["method"] in ("GET", "HEAD") and (scope["path"] == "/" or _wants_html(headers)):
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope.get("query_string") else "")
@@ -248,74 +279,3 @@ class AuthMiddleware:
         err = APIError(401, msg, code="invalid_api_key")
         await err.response(headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
-
-# ---- /login and /logout -----------------------------------------------------------------------------
-
-
-async def _read_login(request: Request) -> tuple[dict[str, Any], bool]:
-    """The login fields and whether they came as JSON."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > LOGIN_MAX_BYTES:
-            raise APIError(413, f"login body over {LOGIN_MAX_BYTES} bytes", code="request_too_large")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")):
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise APIError(400, "login body is not valid JSON") from exc
-        if not isinstance(data, dict):
-            raise APIError(400, "login body must be a JSON object with 'key'")
-        return data, True
-    if ctype in ("application/x-www-form-urlencoded", ""):
-        try:
-            form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=10)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise APIError(400, "login form is not valid") from exc
-        return {k: v[0] for k, v in form.items() if v}, False
-    raise APIError(415, "send the key as a form (application/x-www-form-urlencoded) or JSON {\"key\": ...}",
-                   code="unsupported_media_type")
-
-
-def _set_session(response: Response, key: bytes, request: Request) -> None:
-    response.set_cookie(COOKIE_NAME, session_token(key), max_age=SESSION_SECONDS, path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
-
-
-async def login(request: Request, api_key: str | None) -> Response:
-    """``POST /login``: check the key, set the session cookie (form: 303 to ``next``; JSON: 200)."""
-    data, as_json = await _read_login(request)
-    given = data.get("key", data.get("api_key"))
-    next_path = safe_next(data.get("next") if isinstance(data.get("next"), str) else None)
-    if api_key is None:  # no key configured: nothing to sign in to
-        return JSONResponse({"ok": True, "auth": "disabled"}) if as_json else RedirectResponse(next_path, 303)
-    key = api_key.encode()
-    ok = isinstance(given, str) and bool(given) and hmac.compare_digest(given.encode(), key)
-    if not ok:
-        msg = "Missing API key" if not given else "Invalid API key"
-        if as_json:
-            return APIError(401, msg, code="invalid_api_key").response(headers={"WWW-Authenticate": "Bearer"})
-        return login_page(next_path, msg)
-    response: Response
-    if as_json:
-        response = JSONResponse({"ok": True, "expires_in": SESSION_SECONDS})
-    else:
-        response = RedirectResponse(next_path, status_code=303)
-    _set_session(response, key, request)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-async def logout(request: Request, revocations: SessionRevocations | None = None) -> Response:
-    """``POST /logout``: revoke the session token of the cookie (it stops working on every replica sharing
-    the store) and drop the cookie (form: 303 to ``/``; otherwise 200)."""
-    token = _cookie_value(request.headers)
-    if revocations is not None and token and token.startswith(_TOKEN_PREFIX):
-        await asyncio.to_thread(revocations.revoke, token)
-    ctype = request.headers.get("content-type", "")
-    response: Response = (RedirectResponse("/", 303) if ctype.startswith("application/x-www-form-urlencoded")
-                          else JSONResponse({"ok": True}))
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
-    return response

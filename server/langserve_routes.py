@@ -30,6 +30,7 @@ from nodes.common import text_of
 from server.admission import IDEMPOTENCY_HEADER, ThreadGate, idempotency_key
 from server.metrics import ServerMetrics
 from server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
+from server.tenancy import graph_config
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 MAX_JSON_DEPTH = 64  # far more than a turn needs; deep bodies crash parsers and validators (RecursionError)
@@ -231,7 +232,9 @@ class GraphPrecheck:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        error = self.check(body, Headers(scope=scope), scope["path"].endswith("/batch"))
+        principal = scope.get("state", {}).get("principal")
+        error = self.check(body, Headers(scope=scope), scope["path"].endswith("/batch"),
+                           getattr(principal, "users", None))
         if error is not None:
             await APIError(error.status, error.message, code=error.code).response()(scope, receive, send)
             return
@@ -246,9 +249,11 @@ class GraphPrecheck:
 
         await self.app(scope, replay, send)
 
-    def check(self, body: bytes, headers: Headers, batch: bool) -> GraphInputError | None:
+    def check(self, body: bytes, headers: Headers, batch: bool, users: tuple[str, ...] | None = None
+              ) -> GraphInputError | None:
         """The error to answer for this body, or ``None`` to let it through. A batch is checked whole, so
-        that one bad item refuses the batch before any item runs (the good ones would commit)."""
+        that one bad item refuses the batch before any item runs (the good ones would commit). ``users``: a
+        tenant key's users (the first is the default; an input naming another is a 403)."""
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep for the parser
@@ -272,6 +277,10 @@ class GraphPrecheck:
                                     (IDEMPOTENCY_HEADER, "idempotency_key")):
                     if headers.get(header):
                         conf[key] = headers[header]
+                if users and inp.get("user_id") not in (None, "", *users):
+                    return GraphInputError(403, "this API key may not act for the input's user_id", code="forbidden")
+                if users and not conf.get("user_id"):
+                    conf["user_id"] = users[0]
                 parse_turn(inp, conf, self.max_chars, self.require_user)
         except GraphInputError as exc:
             return exc
@@ -291,8 +300,9 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
-    """Thread from ``X-Thread-ID`` and user from ``X-User-ID`` into ``configurable`` (LangServe drops them)."""
+async def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """Thread from ``X-Thread-ID`` and user from ``X-User-ID`` into ``configurable`` (LangServe drops them);
+    a tenant key's user and thread are checked (:func:`server.tenancy.graph_config`)."""
     config = dict(config or {})
     conf = dict(config.get("configurable") or {})
     try:
@@ -311,7 +321,7 @@ def per_request_config(config: dict[str, Any], request: Request) -> dict[str, An
         conf["idempotency_key"] = request.headers[IDEMPOTENCY_HEADER]
     if not conf.get("thread_id") and request.url.path.endswith(RUN_SUFFIXES):
         raise HTTPException(400, "send the thread id in the X-Thread-ID header (or config.configurable.thread_id)")
-    config["configurable"] = conf
+    config["configurable"] = await graph_config(conf, request)
     return config
 
 

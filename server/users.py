@@ -5,23 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 
 from graph.chat import MemChat
 from graph.persistence import ThreadBusy
 from server.schemas import APIError, check_id
+from server.tenancy import principal_of, visible_threads
 
 
 def mount_user_routes(app: FastAPI, server: Any, memchat: MemChat) -> None:
     """Add the routes (``server.call`` runs their store work in the worker pool)."""
 
     @app.get("/v1/threads", tags=["threads"])
-    async def threads(user: str | None = None) -> dict[str, Any]:
+    async def threads(request: Request, user: str | None = None) -> dict[str, Any]:
         """Known threads, most recent first; ``?user=`` lists every thread the user spoke in (all of them,
-        also shared threads where someone else spoke last). ``users`` names every speaker."""
+        also shared threads where someone else spoke last). ``users`` names every speaker. A tenant key
+        sees only the threads of its own users."""
         uid = check_id(user, "user") if user is not None else None
-        rows = await server.call(memchat.threads, uid) if user is None or uid else []
+        rows = await server.call(visible_threads, memchat, principal_of(request), uid) if user is None or uid else []
         data = [{"id": r["id"], "turns": int(r.get("turns") or 0), "user_id": r.get("user_id"),
                  "users": list(r.get("users") or ([r["user_id"]] if r.get("user_id") else [])),
                  "updated": r.get("updated")} for r in rows]

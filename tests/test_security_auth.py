@@ -42,7 +42,8 @@ BAD_CREDENTIALS: list[tuple[str, dict[str, str]]] = [
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     settings = Settings(llm_base_url="http://127.0.0.1:9/v1", llm_model="fake", data_dir=tmp_path_factory.mktemp("auth"),
-                        api_key=KEY, _env_file=None)  # type: ignore[call-arg]
+                        api_key=KEY, login_max_failures=0,  # hundreds of failed logins: no throttling here
+                        _env_file=None)  # type: ignore[call-arg]
     mc = MemChat(engine=Engine(settings, llm=ScriptedChatModel()))
     return create_app(settings, mc, probe=False)
 
