@@ -52,7 +52,7 @@ def norm(s: str) -> str:
 def load_raw(path: Path, n: int | None, offset: int = 0) -> list[dict[str, Any]]:
     """Conversations as (messages with their dia_id, questions), as the black-box probe replays them."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))[offset:]
-    out = []
+    out: list[dict[str, Any]] = []
     for s in data[: n or None]:
         c = s["conversation"]
         sessions = sorted(int(m.group(1)) for k in c if (m := re.fullmatch(r"session_(\d+)", k)))
@@ -109,11 +109,11 @@ def _conversation(conv: dict[str, Any], settings_overrides: dict[str, Any], quie
             engine_hits.append(bool(ev) and ev <= {str(i["id"]) for i in items})
         for q in progress(conv["questions"], desc=f"ask {tid}", quiet=quiet):
             r = turn(str(q["question"]))
-            ev = [d for d in evidence_ids(q) if d in seq_of]
+            found = [d for d in evidence_ids(q) if d in seq_of]
             prompt = norm("\n".join(m["content"] for m in r["prompt"].messages)) if r["prompt"] else ""
             ids = shown_ids(mc.state(tid), tid)
-            r.update(question=q, by_text=bool(ev) and all(texts[d][:80] in prompt for d in ev),
-                     by_id=bool(ev) and all(seq_of[d] in ids for d in ev))
+            r.update(question=q, by_text=bool(found) and all(texts[d][:80] in prompt for d in found),
+                     by_id=bool(found) and all(seq_of[d] in ids for d in found))
             rows.append(r)
         baselines = _baselines(eng, conv, rows)
     return {"rows": rows, "engine": engine_hits, "baselines": baselines}

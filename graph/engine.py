@@ -123,7 +123,9 @@ class Engine:
         exclude = exclude_ids or set()
         hits = self._as_messages(self.memory.search(query, user_id, thread_id, s.memory_candidates,
                                                     min_score=s.memory_min_score), thread_id)
-        if hits:  # a hit far weaker than the best one (shown already or not) is noise for this query
+        if not FLOOR_INCLUDES_SHOWN:
+            hits = [h for h in hits if h.doc.id not in exclude]
+        if hits:  # a hit far weaker than the best one is noise for this query
             floor = MIN_RELATIVE_SCORE * hits[0].score
             hits = [h for h in hits if h.score >= floor]
         hits = [h for h in hits if h.doc.id not in exclude][: (top_k if top_k is not None else s.memory_top_k)]
@@ -154,27 +156,38 @@ class Engine:
         return sorted(best.values(), key=lambda h: (-h.score, h.doc.id))
 
     def _expand(self, hits: list[Hit], exclude: set[str]) -> list[Hit]:
-        """Hits and their neighbours, each with its best (decayed) score, best first."""
-        w = self.settings.memory_neighbours
-        best: dict[str, Hit] = {h.doc.id: h for h in hits}
-        want: dict[str, list[tuple[Hit, int]]] = {}
+        """Hits and their neighbours, each with its best (decayed) score, best first.
+
+        In a chat thread (user lines at odd ``seq``, the replies after them) the neighbours of a line
+        are the user lines of the turns around it, and its answer; an assistant line brings the user
+        line it answers at its own score. Elsewhere (imported transcripts) neighbours are by ``seq``.
+        """
+        want: dict[str, list[tuple[Hit, float]]] = {}
         for h in hits:
-            if h.doc.kind == "turn" and h.doc.seq:
-                for d in range(-w, w + 1):
-                    if d and h.doc.seq + d > 0:
-                        want.setdefault(msg_id(h.doc.thread_id, h.doc.seq + d), []).append((h, d))
-        ids = sorted(set(want) - exclude)
-        for n in self.memory.get_ids(ids):
-            for h, d in want.get(n.id, []):
+            for seq, weight in self._neighbours(h):
+                want.setdefault(msg_id(h.doc.thread_id, seq), []).append((h, weight))
+        best: dict[str, Hit] = {h.doc.id: h for h in hits}
+        for n in self.memory.get_ids(sorted(set(want) - exclude)):
+            for h, weight in want.get(n.id, []):
                 if n.user_id != h.doc.user_id or n.thread_id != h.doc.thread_id:
                     continue
-                score = h.score * NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(d) - 1)
-                if d == -1 and h.doc.speaker == "assistant":
-                    score = h.score  # an answer comes with the line it answers (ranked just before it)
                 cur = best.get(n.id)
-                if cur is None or score > cur.score:
-                    best[n.id] = Hit(doc=n, score=score, neighbour_of=h.doc.id)
+                if cur is None or h.score * weight > cur.score:
+                    best[n.id] = Hit(doc=n, score=h.score * weight, neighbour_of=h.doc.id)
         return sorted(best.values(), key=lambda h: (-h.score, h.doc.thread_id, h.doc.seq, h.doc.id))
+
+    def _neighbours(self, h: Hit) -> list[tuple[int, float]]:
+        """(seq, weight relative to the hit) of the lines around a hit."""
+        w, d = self.settings.memory_neighbours, h.doc
+        if d.kind != "turn" or not d.seq or not w:
+            return []
+        if d.speaker in ("user", "assistant") and d.turn and d.seq in (2 * d.turn - 1, 2 * d.turn):
+            out = [(2 * (d.turn + k) - 1, NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(k) - 1))
+                   for k in range(-w, w + 1) if k and d.turn + k > 0]
+            out.append((2 * d.turn, ANSWER_WEIGHT) if d.speaker == "user" else (2 * d.turn - 1, 1.0))
+            return out
+        return [(d.seq + k, NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(k) - 1))
+                for k in range(-w, w + 1) if k and d.seq + k > 0]
 
     def _fill(self, ranked: list[Hit], budget_tokens: int, exclude: set[str] | None = None) -> list[dict[str, Any]]:
         """Greedy best-first fill of the budget, exact under the once-per-day date rendering.
@@ -245,7 +258,9 @@ class Engine:
         self.memory.add(docs)
 
 
+FLOOR_INCLUDES_SHOWN = False
 MIN_RELATIVE_SCORE = 0.3  # hits below this share of the best hit's score are dropped
+ANSWER_WEIGHT = 0.85  # the reply to a user line that is a hit
 NEIGHBOUR_WEIGHT = 0.85  # a neighbour's score, relative to the hit it sits next to
 NEIGHBOUR_DECAY = 0.7  # and per further step away
 

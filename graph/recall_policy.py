@@ -2,8 +2,8 @@
 
 * ``content_free`` — an acknowledgement or filler ("ok thanks", "好的。", "好的，我知道了。"): nothing to
   search for, so the turn recalls nothing and such lines are never shown as memories.
-* ``asks`` — the message asks something (a question, or a request to recall): it gets the large
-  fresh-memory share; a statement gets the small one.
+* ``asks`` — the message is a question (every sentence asks, or it is a request to recall): it gets
+  the large fresh-memory share; a statement (also one with a question tacked on) gets the small one.
 * ``carries_fact`` — a sentence states something beyond chit-chat ("好的，我考虑一下。" does not).
 * ``now_text`` — the date and time of a turn as the volatile tail shows it.
 """
@@ -14,6 +14,8 @@ import re
 from datetime import datetime
 
 from graph.textproc import tokenize
+
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*|\n+")
 
 # Words that carry no content of their own in a short reply (English and Chinese), on top of STOPWORDS.
 FILLER = frozenset(
@@ -31,6 +33,11 @@ _QUESTION_WORDS = re.compile(
 _ZH_QUESTION = re.compile(r"吗|什么|哪|几|多少|怎么|怎样|为什么|为何|谁|何时|是否|有没有|是不是|还记得|记得|提醒我")
 
 
+def sentences(text: str) -> list[str]:
+    """Sentences of a message (English and Chinese punctuation)."""
+    return [p.strip() for p in _SENTENCE.split(text) if p and p.strip()]
+
+
 def content_tokens(text: str) -> list[str]:
     """Tokens that carry content: no stopwords, no filler."""
     return [t for t in tokenize(text) if t not in FILLER]
@@ -42,13 +49,16 @@ def content_free(text: str) -> bool:
 
 
 def asks(text: str) -> bool:
-    """True when the message asks something (question mark, question word, or a recall request)."""
-    t = text.strip()
-    if not t:
-        return False
-    if "?" in t or "？" in t:
+    """True when the message is a question: every sentence asks (a question mark, a question word, or a
+    recall request). A statement with a question tacked on ("We moved to Porto! Have you been?") is not."""
+    parts = [p for p in sentences(text) if content_tokens(p) or "?" in p or "？" in p]
+    return bool(parts) and all(_asks_sentence(p) for p in parts)
+
+
+def _asks_sentence(s: str) -> bool:
+    if s.endswith(("?", "？")):
         return True
-    return bool(_QUESTION_WORDS.search(t) or _ZH_QUESTION.search(t))
+    return bool(_QUESTION_WORDS.search(s) or _ZH_QUESTION.search(s))
 
 
 def carries_fact(sentence: str, min_tokens: int = 2) -> bool:
