@@ -112,9 +112,7 @@ class Engine:
         to the turns around them (``memory_neighbours`` each side, decaying with distance): an answer
         is often the message right after the one that matches the question. A fact stated in this
         thread stands for the message it came from (each memory is shown once), an assistant line
-        comes only with the user line it answers, and content-free lines are never shown. Hits far
-        weaker than the best one, shown or not, are dropped: a turn whose best hits are shown already
-        adds little. Candidates then fill the budget best first, measured as they will be rendered:
+        comes only with the user line it answers, and content-free lines are never shown. Candidates then fill the budget best first, measured as they will be rendered:
         in conversation order, the date shown once per day (``- [8 May 2023] Melanie: ...``).
         """
         s = self.settings
@@ -123,12 +121,11 @@ class Engine:
         exclude = exclude_ids or set()
         hits = self._as_messages(self.memory.search(query, user_id, thread_id, s.memory_candidates,
                                                     min_score=s.memory_min_score), thread_id)
-        if not FLOOR_INCLUDES_SHOWN:
-            hits = [h for h in hits if h.doc.id not in exclude]
-        if hits:  # a hit far weaker than the best one is noise for this query
+        hits = [h for h in hits if h.doc.id not in exclude]
+        if hits:  # a hit far weaker than the best unseen one is noise for this query
             floor = MIN_RELATIVE_SCORE * hits[0].score
             hits = [h for h in hits if h.score >= floor]
-        hits = [h for h in hits if h.doc.id not in exclude][: (top_k if top_k is not None else s.memory_top_k)]
+        hits = hits[: (top_k if top_k is not None else s.memory_top_k)]
         ranked = self._expand(hits, exclude) if s.memory_neighbours else hits
         return self._fill(ranked, budget_tokens, exclude)
 
@@ -258,7 +255,6 @@ class Engine:
         self.memory.add(docs)
 
 
-FLOOR_INCLUDES_SHOWN = False
 MIN_RELATIVE_SCORE = 0.3  # hits below this share of the best hit's score are dropped
 ANSWER_WEIGHT = 0.85  # the reply to a user line that is a hit
 NEIGHBOUR_WEIGHT = 0.85  # a neighbour's score, relative to the hit it sits next to
