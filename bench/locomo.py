@@ -1,6 +1,7 @@
 """LoCoMo all-evidence recall of the memory engine at a memory-token budget.
 
 ``memchat bench locomo --data PATH --budget 2000 [--json] [--limit-conversations N]``
+(``--live`` replays the conversations through real turns instead: see ``bench.locomo_live``.)
 
 Each conversation is fed through the engine's vector memory turn by turn: every utterance is one
 stored message (speaker and session date as metadata, ``seq`` incremental so neighbour expansion
@@ -260,6 +261,10 @@ def table(p: dict[str, Any]) -> Table:
 
 
 def main(argv: list[str]) -> int:
+    if "--live" in argv:  # what the model actually sees: the same data through MemChat turns
+        from bench import locomo_live
+
+        return locomo_live.main([a for a in argv if a != "--live"])
     ap = argparse.ArgumentParser(prog="memchat bench locomo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LoCoMo JSON (locomo10.json format)")
     ap.add_argument("--budget", type=int, default=2000, help="memory-token budget per question")

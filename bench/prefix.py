@@ -59,6 +59,11 @@ def verify_reuse(budget: Budget, prev: list[Message] | None, prev_reply: str | N
     return n / len(cur_ids) if cur_ids else 0.0
 
 
+def uncached(prompt_tokens: int, reuse: float) -> int:
+    """Tokens of a prompt a prefix cache does not hold: the ratio alone rewards a prompt that shows too little."""
+    return round(prompt_tokens * (1.0 - reuse))
+
+
 def naive_prompt(persona: str, slots: dict[str, Any], memories: list[dict[str, Any]],
                  window: list[tuple[str, str]], message: str) -> list[Message]:
     """Memory block on top (inside the system prompt), then the last N turns verbatim, then the message."""
@@ -119,8 +124,10 @@ def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, 
                 "rebased": bool(ctx.get("rebased")) or rebase,
                 "naive_reuse": round(prefix_reuse(budget, naive_prev, prev_reply, naive), 4),
                 "naive_prompt_tokens": budget.messages(naive),
+                "uncached_tokens": uncached(int(ctx["sections"]["total"]), verified),
                 "turn_s": round(wall, 4),
             })
+            rows[-1]["naive_uncached_tokens"] = uncached(rows[-1]["naive_prompt_tokens"], rows[-1]["naive_reuse"])
             prev, prev_reply, naive_prev = cur, res.reply, naive
             history.append((msg, res.reply))
         limit = settings.prompt_limit
@@ -145,6 +152,9 @@ def summarize_rows(rows: list[dict[str, Any]], limit: int, window: int, counters
         "prefix_reuse_verified_mean": round(mean([r["prefix_reuse_verified"] for r in later]), 4),
         "prefix_reuse_max_abs_diff": round(diff, 4),
         "naive_reuse_mean": round(mean([r["naive_reuse"] for r in later]), 4),
+        "uncached_tokens_per_turn": {"mean": round(mean([float(r["uncached_tokens"]) for r in later]), 1),
+                                     "p95": round(pct([float(r["uncached_tokens"]) for r in later], 95), 1)},
+        "naive_uncached_tokens_per_turn": round(mean([float(r["naive_uncached_tokens"]) for r in later]), 1),
         "respond_calls_per_turn": round(respond_calls / max(1, n), 4),
         "max_respond_calls_in_a_turn": max((r["respond_calls"] for r in rows), default=0),
         "summary_calls_per_turn": round(summary_calls / max(1, n), 4),
@@ -209,6 +219,9 @@ def table(p: dict[str, Any]) -> Table:
     ok = p["targets"]
     t.add_row("prefix reuse, mean (turn ≥ 2)", f"{p['prefix_reuse_mean']:.3f}", f"{p['naive_reuse_mean']:.3f}",
               f"≥ {TARGET_REUSE} {'✓' if ok['prefix_reuse_mean>=0.85'] else '✗'}")
+    u = p["uncached_tokens_per_turn"]
+    t.add_row("uncached prompt tokens / turn, mean (p95)", f"{u['mean']:.0f} ({u['p95']:.0f})",
+              f"{p['naive_uncached_tokens_per_turn']:.0f}", "")
     t.add_row("prefix reuse, p10", f"{p['prefix_reuse_p10']:.3f}", "", "")
     t.add_row("prefix reuse, independently re-computed", f"{p['prefix_reuse_verified_mean']:.3f}", "",
               f"max |diff| {p['prefix_reuse_max_abs_diff']:.4f}")

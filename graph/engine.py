@@ -12,6 +12,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from graph.prompt import Budget, memory_line
+from graph.recall_policy import content_free
 from graph.settings import Settings, get_settings
 from graph.tokens import TokenCounter, load_tokenizer
 from graph.vectorstore import ChromaMemory, Hit, MemoryDoc, VectorMemory, make_chroma_client, msg_id
@@ -109,71 +110,135 @@ class Engine:
 
         The ``top_k`` best hits (dense + BM25, see :meth:`ChromaMemory.search`) pass their score on
         to the turns around them (``memory_neighbours`` each side, decaying with distance): an answer
-        is often the message right after the one that matches the question. Candidates then fill the
-        budget best first, measured as they will be rendered: in conversation order, the date shown
-        once per day (``- [8 May 2023] Melanie: ...``, then ``- Caroline: ...``).
+        is often the message right after the one that matches the question. A fact stated in this
+        thread stands for the message it came from (each memory is shown once), an assistant line
+        comes only with the user line it answers, and content-free lines are never shown. Candidates then fill the budget best first, measured as they will be rendered:
+        in conversation order, the date shown once per day (``- [8 May 2023] Melanie: ...``).
         """
         s = self.settings
         if budget_tokens <= 0 or not query.strip():
             return []
         exclude = exclude_ids or set()
-        hits = [h for h in self.memory.search(query, user_id, thread_id, s.memory_candidates,
-                                              min_score=s.memory_min_score) if h.doc.id not in exclude]
-        if hits:  # a hit far weaker than the best one is noise for this query
+        hits = self._as_messages(self.memory.search(query, user_id, thread_id, s.memory_candidates,
+                                                    min_score=s.memory_min_score), thread_id)
+        hits = [h for h in hits if h.doc.id not in exclude]
+        if hits:  # a hit far weaker than the best unseen one is noise for this query
             floor = MIN_RELATIVE_SCORE * hits[0].score
             hits = [h for h in hits if h.score >= floor]
         hits = hits[: (top_k if top_k is not None else s.memory_top_k)]
         ranked = self._expand(hits, exclude) if s.memory_neighbours else hits
-        return self._fill(ranked, budget_tokens)
+        return self._fill(ranked, budget_tokens, exclude)
 
-    def _expand(self, hits: list[Hit], exclude: set[str]) -> list[Hit]:
-        """Hits and their neighbours, each with its best (decayed) score, best first."""
-        w = self.settings.memory_neighbours
-        best: dict[str, Hit] = {h.doc.id: h for h in hits}
-        want: dict[str, list[tuple[Hit, int]]] = {}
+    def _as_messages(self, hits: list[Hit], thread_id: str | None) -> list[Hit]:
+        """A fact stated in this thread is replaced by its source message (best score kept), once."""
+        src = {h.doc.id: msg_id(h.doc.thread_id, 2 * h.doc.turn - 1) for h in hits
+               if h.doc.kind == "fact" and thread_id and h.doc.thread_id == thread_id and h.doc.turn > 0}
+        if not src:
+            return hits
+        have = {h.doc.id: h for h in hits}
+        missing = sorted(set(src.values()) - set(have))
+        docs = {d.id: d for d in self.memory.get_ids(missing)} if missing else {}
+        best: dict[str, Hit] = {}
         for h in hits:
-            if h.doc.kind == "turn" and h.doc.seq:
-                for d in range(-w, w + 1):
-                    if d and h.doc.seq + d > 0:
-                        want.setdefault(msg_id(h.doc.thread_id, h.doc.seq + d), []).append((h, d))
-        ids = sorted(set(want) - exclude)
-        for n in self.memory.get_ids(ids):
-            for h, d in want.get(n.id, []):
-                if n.user_id != h.doc.user_id or n.thread_id != h.doc.thread_id:
-                    continue
-                score = h.score * NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(d) - 1)
-                cur = best.get(n.id)
-                if cur is None or score > cur.score:
-                    best[n.id] = Hit(doc=n, score=score, neighbour_of=h.doc.id)
+            mid = src.get(h.doc.id)
+            if mid is not None and (mid in have or mid in docs):
+                base = have[mid].doc if mid in have else docs[mid]
+                if h.doc.text.strip().lower() not in base.text.lower():
+                    mid = None  # not a sentence of that message: keep the fact itself
+                else:
+                    h = Hit(doc=base, score=h.score, dense=h.dense, bm25=h.bm25)
+            key = h.doc.id
+            if key not in best or h.score > best[key].score:
+                best[key] = h
         return sorted(best.values(), key=lambda h: (-h.score, h.doc.id))
 
-    def _fill(self, ranked: list[Hit], budget_tokens: int) -> list[dict[str, Any]]:
-        """Greedy best-first fill of the budget, exact under the once-per-day date rendering."""
+    def _expand(self, hits: list[Hit], exclude: set[str]) -> list[Hit]:
+        """Hits and their neighbours, each with its best (decayed) score, best first.
+
+        In a chat thread (user lines at odd ``seq``, the replies after them) the neighbours of a line
+        are the user lines of the turns around it, and its answer; an assistant line brings the user
+        line it answers at its own score. Elsewhere (imported transcripts) neighbours are by ``seq``.
+        """
+        want: dict[str, list[tuple[Hit, float]]] = {}
+        for h in hits:
+            for seq, weight in self._neighbours(h):
+                want.setdefault(msg_id(h.doc.thread_id, seq), []).append((h, weight))
+        best: dict[str, Hit] = {h.doc.id: h for h in hits}
+        for n in self.memory.get_ids(sorted(set(want) - exclude)):
+            for h, weight in want.get(n.id, []):
+                if n.user_id != h.doc.user_id or n.thread_id != h.doc.thread_id:
+                    continue
+                cur = best.get(n.id)
+                if cur is None or h.score * weight > cur.score:
+                    best[n.id] = Hit(doc=n, score=h.score * weight, neighbour_of=h.doc.id)
+        return sorted(best.values(), key=lambda h: (-h.score, h.doc.thread_id, h.doc.seq, h.doc.id))
+
+    def _neighbours(self, h: Hit) -> list[tuple[int, float]]:
+        """(seq, weight relative to the hit) of the lines around a hit."""
+        w, d = self.settings.memory_neighbours, h.doc
+        if d.kind != "turn" or not d.seq or not w:
+            return []
+        if d.speaker in ("user", "assistant") and d.turn and d.seq in (2 * d.turn - 1, 2 * d.turn):
+            out = [(2 * (d.turn + k) - 1, NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(k) - 1))
+                   for k in range(-w, w + 1) if k and d.turn + k > 0]
+            out.append((2 * d.turn, ANSWER_WEIGHT) if d.speaker == "user" else (2 * d.turn - 1, 1.0))
+            return out
+        return [(d.seq + k, NEIGHBOUR_WEIGHT * NEIGHBOUR_DECAY ** (abs(k) - 1))
+                for k in range(-w, w + 1) if k and d.seq + k > 0]
+
+    def _fill(self, ranked: list[Hit], budget_tokens: int, exclude: set[str] | None = None) -> list[dict[str, Any]]:
+        """Greedy best-first fill of the budget, exact under the once-per-day date rendering.
+
+        Content-free lines and repeated texts are skipped; an assistant line needs the user line it
+        answers in this block or shown already.
+        """
         chosen: list[dict[str, Any]] = []  # kept in render order
         keys: list[tuple[Any, ...]] = []
+        texts: set[str] = set()
+        shown = exclude or set()
         used = 0
         for h in ranked:
             item = _item(h)
-            key = _order_key(item)
-            i = bisect.bisect_left(keys, key)
-            if i < len(keys) and keys[i] == key:
+            text = " ".join(str(item["text"]).lower().split())
+            if text in texts or content_free(text):
                 continue
-            prev = chosen[i - 1] if i > 0 else None
-            nxt = chosen[i] if i < len(chosen) else None
-            shows = prev is None or _day_group(prev) != _day_group(item)
-            cost = self._line_cost(item, shows)
-            delta = cost
-            if nxt is not None and _day_group(nxt) == _day_group(item) and nxt["date"]:
-                delta += self._line_cost(nxt, False) - self._line_cost(nxt, True)  # nxt loses its date
-            if used + delta > budget_tokens:
+            if item["kind"] == "turn" and item["speaker"] == "assistant" and item["seq"] > 1:
+                asked = msg_id(item["thread_id"], item["seq"] - 1)
+                if asked not in shown and all(c["id"] != asked for c in chosen):
+                    continue
+            delta = self._insert_cost(chosen, keys, item)
+            if delta is None or used + delta > budget_tokens:
                 continue
-            item["date"] = item["date"] if shows else ""
-            if nxt is not None and _day_group(nxt) == _day_group(item):
-                nxt["date"] = ""
-            chosen.insert(i, item)
-            keys.insert(i, key)
+            self._insert(chosen, keys, item)
+            texts.add(text)
             used += delta
         return chosen
+
+    def _insert_cost(self, chosen: list[dict[str, Any]], keys: list[tuple[Any, ...]],
+                     item: dict[str, Any]) -> int | None:
+        key = _order_key(item)
+        i = bisect.bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            return None
+        prev = chosen[i - 1] if i > 0 else None
+        nxt = chosen[i] if i < len(chosen) else None
+        shows = prev is None or _day_group(prev) != _day_group(item)
+        delta = self._line_cost(item, shows)
+        if nxt is not None and _day_group(nxt) == _day_group(item) and nxt["date"]:
+            delta += self._line_cost(nxt, False) - self._line_cost(nxt, True)  # nxt loses its date
+        return delta
+
+    @staticmethod
+    def _insert(chosen: list[dict[str, Any]], keys: list[tuple[Any, ...]], item: dict[str, Any]) -> None:
+        key = _order_key(item)
+        i = bisect.bisect_left(keys, key)
+        prev = chosen[i - 1] if i > 0 else None
+        nxt = chosen[i] if i < len(chosen) else None
+        item["date"] = item["date"] if prev is None or _day_group(prev) != _day_group(item) else ""
+        if nxt is not None and _day_group(nxt) == _day_group(item):
+            nxt["date"] = ""
+        chosen.insert(i, item)
+        keys.insert(i, key)
 
     def _line_cost(self, item: dict[str, Any], with_date: bool) -> int:
         key = (item["id"], item["text"], item["speaker"], item["kind"], item["shown_date"] if with_date else "")
@@ -191,6 +256,7 @@ class Engine:
 
 
 MIN_RELATIVE_SCORE = 0.3  # hits below this share of the best hit's score are dropped
+ANSWER_WEIGHT = 0.85  # the reply to a user line that is a hit
 NEIGHBOUR_WEIGHT = 0.85  # a neighbour's score, relative to the hit it sits next to
 NEIGHBOUR_DECAY = 0.7  # and per further step away
 

@@ -24,6 +24,7 @@ STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>", "\n(Memory:", "\n(
 
 
 _BLOCK = re.compile(r"<(memory|memory-update)>\n(?:[^\n]*\n)?(.*?)\n</\1>\s*", re.S)
+_NOW = re.compile(r"<now>([^<\n]*)</now>\s*")
 
 
 def split_context(content: str) -> tuple[list[str], str]:
@@ -32,7 +33,8 @@ def split_context(content: str) -> tuple[list[str], str]:
     for m in _BLOCK.finditer(content):
         label = "Memory" if m.group(1) == "memory" else "Update"
         lines += [f"({label}: {ln.lstrip('- ').strip()})" for ln in m.group(2).splitlines() if ln.strip()]
-    return lines, _BLOCK.sub("", content).strip()
+    lines += [f"(Now: {m.group(1).strip()})" for m in _NOW.finditer(content)]
+    return lines, _NOW.sub("", _BLOCK.sub("", content)).strip()
 
 
 @fmt.register_chat_format("memchat-transcript")

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from graph.recall_policy import now_text
 from graph.settings import Settings
 from graph.slots import render_slots
 from graph.tokens import TokenCounter
@@ -37,6 +38,11 @@ class Turn:
     assistant: str
     memories: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    date: str = ""  # when it was sent (``%Y-%m-%d %H:%M`` UTC), shown with it
+
+    def bare(self) -> Turn:
+        """The same turn without its memory block (a rebase)."""
+        return replace(self, memories=[])
 
 
 @dataclass
@@ -64,7 +70,7 @@ def render_l1(l1: list[dict[str, Any]]) -> str:
     return load_prompt("l1_header").strip() + "\n" + "\n".join(lines)
 
 
-_BLOCK_TAG = re.compile(r"<\s*(/?)\s*(memory(?:-update)?)\s*>", re.IGNORECASE)
+_BLOCK_TAG = re.compile(r"<\s*(/?)\s*(memory(?:-update)?|now)\s*>", re.IGNORECASE)
 
 
 def memory_line(item: dict[str, Any]) -> str:
@@ -75,14 +81,16 @@ def memory_line(item: dict[str, Any]) -> str:
     return f"- {date}{who}: {text}"
 
 
-def render_tail(message: str, memories: list[dict[str, Any]], notes: list[str]) -> str:
-    """A user turn with its memory block and slot notes in front of the message."""
+def render_tail(message: str, memories: list[dict[str, Any]], notes: list[str], now: str = "") -> str:
+    """A user turn with its memory block, slot notes and date/time (``now``) in front of the message."""
     parts = []
     if memories:
         body = "\n".join(memory_line(m) for m in memories)
         parts.append(load_prompt("memory_block").strip().format(memories=body))
     if notes:
         parts.append(load_prompt("slot_updates").strip().format(notes="\n".join(f"- {n}" for n in notes)))
+    if now:
+        parts.append(f"<now>{now_text(now)}</now>")
     parts.append(message)
     return "\n\n".join(parts)
 
@@ -149,7 +157,7 @@ def fold_system(messages: list[Message]) -> list[Message]:
 
 def assemble(
     *, settings: Settings, budget: Budget, head: str, l1: list[dict[str, Any]], turns: list[Turn], message: str,
-    memories: list[dict[str, Any]], notes: list[str], limit: int | None = None,
+    memories: list[dict[str, Any]], notes: list[str], limit: int | None = None, now: str = "",
 ) -> Assembled:
     """Build the prompt and enforce the hard budget (``limit`` defaults to ``settings.prompt_limit``)."""
     limit = settings.prompt_limit if limit is None else limit
@@ -166,7 +174,7 @@ def assemble(
     if sticky + mem_tokens(res.memories) > mem_cap:
         res.rebased = sticky > 0 and sticky > mem_cap // 2
         if res.rebased:
-            turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+            turns = [t.bare() for t in turns]
             sticky = 0
         res.memories = _fit(res.memories, mem_cap - sticky, mem_tokens)
 
@@ -176,16 +184,16 @@ def assemble(
             ms.append({"role": "user", "content": render_l1(l1)})
             ms.append({"role": "assistant", "content": load_prompt("l1_ack").strip()})
         for t in turns:
-            ms.append({"role": "user", "content": render_tail(t.user, t.memories, t.notes)})
+            ms.append({"role": "user", "content": render_tail(t.user, t.memories, t.notes, t.date)})
             ms.append({"role": "assistant", "content": t.assistant})
-        ms.append({"role": "user", "content": render_tail(message, res.memories, notes)})
+        ms.append({"role": "user", "content": render_tail(message, res.memories, notes, now)})
         return ms
 
     ms = build()
     total = budget.messages(ms)
     # 1) drop sticky memory blocks, 2) drop oldest verbatim turns, 3) oldest L1 lines, 4) shrink memories
     if total > limit and any(t.memories for t in turns):
-        turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+        turns = [t.bare() for t in turns]
         res.rebased = True
         ms = build()
         total = budget.messages(ms)

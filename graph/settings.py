@@ -45,11 +45,14 @@ class Settings(BaseSettings):
     persona: str = Field("You are a helpful, precise assistant.", description="Default system persona")
     max_input_tokens: int = Field(32768, gt=256, description="Hard cap of the prompt plus reserve")
     generation_reserve: int = Field(1024, ge=16, description="Tokens kept free for the reply")
-    memory_tokens: int = Field(2000, ge=0, description="Cap of the retrieved-memory section")
+    memory_tokens: int = Field(3000, ge=0, description="Cap of the retrieved-memory section")
     max_message_tokens: int = Field(8000, gt=16, description="Longer user messages are truncated with a marker")
     l0_turns: int = Field(5, ge=1, description="Verbatim turns kept; L0 is compacted when it reaches 2x this")
     l2_threshold: int = Field(20, ge=1, description="Turns folded from L1 into the L2 JSON at once")
-    memory_turn_tokens: int = Field(0, ge=0, description="New recalled memory per turn; 0 = memory_tokens / l0_turns")
+    memory_turn_tokens: int = Field(400, ge=0, description="New recalled memory per statement turn; "
+                                    "0 = memory_tokens / l0_turns")
+    memory_ask_tokens: int = Field(0, ge=0, description="New recalled memory for a message that asks something; "
+                                   "0 = memory_tokens")
     memory_top_k: int = Field(30, ge=0, description="Ranked hits considered per query (before neighbours)")
     memory_candidates: int = Field(50, ge=1, description="Candidates fetched from each retriever")
     memory_neighbours: int = Field(2, ge=0, description="Adjacent turns added around a hit")
@@ -101,6 +104,11 @@ class Settings(BaseSettings):
     def turn_memory_budget(self) -> int:
         """Tokens of newly recalled memory one turn may add (the window's blocks stay until compaction)."""
         return min(self.memory_tokens, self.memory_turn_tokens or max(1, self.memory_tokens // self.l0_turns))
+
+    @property
+    def ask_memory_budget(self) -> int:
+        """Tokens of newly recalled memory for a message that asks something (a question, a recall request)."""
+        return min(self.memory_tokens, max(self.turn_memory_budget, self.memory_ask_tokens or self.memory_tokens))
 
     def ttl_turns(self, kind: str) -> int:
         """Turn-based expiry for a slot kind (0 = never)."""

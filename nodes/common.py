@@ -71,7 +71,7 @@ def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
         n = done - len(pairs) + i + 1
         meta: Any = metas.get(n) or {}
         out.append(Turn(turn=n, user=text_of(h), assistant=text_of(a), memories=list(meta.get("memories") or []),
-                        notes=list(meta.get("notes") or [])))
+                        notes=list(meta.get("notes") or []), date=str(meta.get("date") or "")))
     return out
 
 

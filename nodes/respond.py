@@ -14,7 +14,8 @@ from langgraph.runtime import Runtime
 
 from graph.engine import Engine, get_engine
 from graph.llm import cached_tokens, classify_error, response_format_for
-from graph.prompt import Turn, assemble, prefix_reuse, render_head
+from graph.prompt import assemble, prefix_reuse, render_head
+from graph.recall_policy import carries_fact
 from graph.receipts import add_receipt
 from graph.rules import free_facts
 from graph.slots import REMOVED
@@ -65,15 +66,16 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     message = text_of(human)
     turns = l0_turns(state)
     if state.get("memory_rebase"):
-        turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+        turns = [t.bare() for t in turns]
     head = state.get("head") or {}
     head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
     notes = [n for n in (_describe(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
     asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
                    turns=turns, message=with_context(message, request_context(config)),
-                   memories=list(state.get("retrieved") or []), notes=notes)
+                   memories=list(state.get("retrieved") or []), notes=notes, now=date)
     if asm.rebased:
-        turns = [Turn(t.turn, t.user, t.assistant, [], t.notes) for t in turns]
+        turns = [t.bare() for t in turns]
     llm = eng.llm
     params = _llm_params(eng, config)
     if params:
@@ -97,15 +99,14 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     cached = cached_tokens(reply)
     prev = state.get("context") or {}
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
-    now = datetime.now(UTC)
-    date = now.strftime("%Y-%m-%d %H:%M")
     # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
     _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
     docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
     conf = (config or {}).get("configurable") or {}
     if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
         eng.store_docs(docs)
-    metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes) for t in turns]
+    metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
+                             for t in turns]
     metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
     prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
     counters = {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
@@ -140,7 +141,8 @@ def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, repl
         MemoryDoc(id=msg_id(tid, 2 * turn), text=reply_text, user_id=uid, thread_id=tid, kind="turn",
                   speaker="assistant", turn=turn, seq=2 * turn, date=date),
     ]
-    facts = free_facts(message) + [str(p["text"]) for p in state.get("pending_facts") or []]
+    # facts: only statements that carry one (no chit-chat such as "好的，我考虑一下。")
+    facts = [f for f in free_facts(message) if carries_fact(f)] + [str(p["text"]) for p in state.get("pending_facts") or []]
     docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
                        date=date, scope="user") for f in dict.fromkeys(facts)]
     return docs

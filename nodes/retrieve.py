@@ -9,6 +9,7 @@ from langchain_core.runnables import RunnableConfig
 
 from graph.engine import Engine, get_engine
 from graph.prompt import memory_line
+from graph.recall_policy import asks, content_free
 from graph.state import State
 from graph.vectorstore import msg_id
 from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
@@ -27,14 +28,18 @@ def retrieve(state: State, config: RunnableConfig, *, engine: Engine | None = No
     exclude = {msg_id(tid, 2 * t.turn + d) for t in turns for d in (-1, 0)}
     turn = int(state.get("turn") or 0) + 1
     exclude |= {msg_id(tid, 2 * turn - 1), msg_id(tid, 2 * turn)}  # the current turn (a retried one)
+    if content_free(query):  # "ok thanks", "好的。": nothing to search for, nothing to spend
+        return {"retrieved": [], "memory_rebase": False}
     sticky = sum(eng.tokenizer.count(memory_line(m)) + 1 for t in turns for m in t.memories)
-    # Each turn adds at most the per-turn share; the blocks stay (append-only) until the next compaction,
-    # which strips them for free. Only if the window's memory is used up is it dropped early (a rebase).
-    per_turn = s.turn_memory_budget
-    budget = min(per_turn, s.memory_tokens - sticky)
-    rebase = sticky > 0 and budget < per_turn // 2
+    # A statement adds at most the small per-turn share; a question the large one. Blocks stay
+    # (append-only) until the next compaction strips them for free; when the window's memory has no
+    # room left for this turn's share, the blocks are dropped (a rebase: the L0 turns are re-sent).
+    share = s.ask_memory_budget if asks(query) else s.turn_memory_budget
+    room = s.memory_tokens - sticky
+    budget = min(share, room)
+    rebase = sticky > 0 and room < (share if share > s.turn_memory_budget else share // 2)
     if rebase:
-        budget = per_turn
+        budget = share
     else:
         exclude |= shown
     try:

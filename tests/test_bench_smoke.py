@@ -125,3 +125,17 @@ def test_ttft_few_turns(capsys: pytest.CaptureFixture[str]) -> None:
     p = last_json(capsys)
     assert p["turns"] == 4
     assert p["memchat_ttft_s_last"] > 0 and p["naive_ttft_s_last"] > 0
+
+
+def test_locomo_live_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tiny_locomo(tmp_path / "tiny.json")
+    assert locomo.main(["--live", "--data", str(data), "--json", "--quiet", "--no-plot"]) == 0
+    p = last_json(capsys)
+    assert p["turns"] == 8 + 4 and p["questions"] == 4  # 8 utterances replayed, 4 questions of cat 1-4
+    assert set(p["per_category"]) == {"all", "1", "2", "3", "4"}
+    assert p["recall"] == 1.0 and p["recall_by_id"] == 1.0  # a short conversation fits in the prompt
+    assert p["engine_only"]["recall"] == 1.0
+    assert p["llm_calls_per_turn_hot"] >= 1.0 and p["llm_calls_per_turn_off_path"] == 0
+    # the radix stub: later turns reuse the earlier prompt + reply, so uncached < prompt
+    assert 0 < p["uncached_per_turn_mean"] < p["prompt_tokens_mean_all_turns"]
+    assert p["baselines"]["recent_window"]["prompt_tokens"] > 0
