@@ -98,10 +98,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class LLMParams(BaseModel):
-    """``configurable.llm_params`` of the graph routes, checked like the OpenAI route's fields."""
+class GenerationParams(BaseModel):
+    """The generation fields of a request, checked the same way on the OpenAI route and the graph routes."""
 
-    model_config = ConfigDict(extra="forbid")
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -109,45 +108,11 @@ class LLMParams(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     response_format: ResponseFormat | None = None
-
-    def params(self) -> dict[str, Any]:
-        """The parameters for MemChat's ``llm_params`` (None values dropped)."""
-        for stop in ([self.stop] if isinstance(self.stop, str) else self.stop or []):
-            check_text(stop, "llm_params.stop")
-        fmt = None
-        if self.response_format is not None and self.response_format.type != "text":
-            if self.response_format.type == "json_schema" and self.response_format.json_schema is None:
-                raise APIError(400, "response_format json_schema needs a 'json_schema' object")
-            fmt = self.response_format.model_dump(by_alias=True, exclude_none=True)
-        out = {"max_tokens": self.max_completion_tokens or self.max_tokens, "temperature": self.temperature,
-               "top_p": self.top_p, "stop": self.stop, "seed": self.seed, "response_format": fmt}
-        return {k: v for k, v in out.items() if v is not None and v != []}
-
-
-class ChatCompletionRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions`` (OpenAI's, plus memchat's ``thread_id``)."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str = "memchat"
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    response_format: ResponseFormat | None = None
-    user: str | None = None
-    thread_id: str | None = None
-    memchat: dict[str, Any] | None = None  # memchat's extras (extra_body): {"context": "this request only"}
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
 
     def llm_params(self) -> dict[str, Any]:
         """Generation parameters for MemChat's ``llm_params`` (None values dropped)."""
+        for stop in ([self.stop] if isinstance(self.stop, str) else self.stop or []):
+            check_text(stop, "stop")
         fmt: dict[str, Any] | None = None
         if self.response_format is not None and self.response_format.type != "text":
             fmt = self.response_format.model_dump(by_alias=True, exclude_none=True)
@@ -157,6 +122,32 @@ class ChatCompletionRequest(BaseModel):
         params = {"response_format": fmt, "max_tokens": self.max_completion_tokens or self.max_tokens,
                   "temperature": self.temperature, "top_p": self.top_p, "stop": self.stop, "seed": self.seed}
         return {k: v for k, v in params.items() if v is not None and v != []}
+
+
+class LLMParams(GenerationParams):
+    """``configurable.llm_params`` of the graph routes (unknown keys refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def params(self) -> dict[str, Any]:
+        """The parameters for MemChat's ``llm_params``."""
+        return self.llm_params()
+
+
+class ChatCompletionRequest(GenerationParams):
+    """The body of ``POST /v1/chat/completions`` (OpenAI's, plus memchat's ``thread_id``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = "memchat"
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, ge=1)
+    user: str | None = None
+    thread_id: str | None = None
+    memchat: dict[str, Any] | None = None  # memchat's extras (extra_body): {"context": "this request only"}
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
 
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage chunk."""
