@@ -292,6 +292,15 @@ def render_chatml(messages: Sequence[JSONDict], model: str = DEFAULT_MODEL) -> s
     return "".join(out)
 
 
+_LEAD_BLOCKS = re.compile(r"\A(?:\s*<(memory|memory-update|now)>.*?</\1>)+\s*", re.S)
+
+
+def message_part(text: str) -> str:
+    """A memchat user turn without the blocks it puts in front of the message (recalled memories, slot
+    updates, the date): what a stub reply echoes, so tests see which message the model got."""
+    return _LEAD_BLOCKS.sub("", text, count=1)
+
+
 def last_user_text(messages: Sequence[JSONDict]) -> str:
     """Text of the last user message ('' if none)."""
     for msg in reversed(messages):
@@ -725,7 +734,7 @@ def create_app(
             if not isinstance(messages, list) or not messages:
                 return error_response("messages must be a non-empty list")
             prompt = render_chatml([m for m in messages if isinstance(m, dict)], state.model)
-            source = last_user_text([m for m in messages if isinstance(m, dict)])
+            source = message_part(last_user_text([m for m in messages if isinstance(m, dict)]))
             default_max: int | None = None
         else:
             raw = body.get("prompt")

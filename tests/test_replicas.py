@@ -152,7 +152,11 @@ def test_one_thread_across_two_replicas(replicas: list[Replica], stub: StubURL) 
             listed = client.get(f"{replica.url}/v1/threads", headers=headers).json()["data"]
             assert [(t["id"], t["turns"]) for t in listed] == [(THREAD, TURNS)]
 
-    prompt = stub.state.last_prompt or ""
+    # the last reply request (summaries and slot extraction run after the reply, in the background, and
+    # ask for a JSON schema)
+    replies = [r for r in stub.state.requests_log
+               if (r.get("response_format") or {}).get("type") != "json_schema"]
+    prompt = "\n".join(str(m.get("content")) for m in replies[-1]["messages"])
     assert "Frida" in prompt and "walnuts" in prompt and "Bergen" in prompt
     assert f"Turn {TURNS}:" in prompt
     for r in replicas:  # nothing was kept locally: all state is in PostgreSQL and the Chroma server
