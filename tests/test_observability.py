@@ -66,7 +66,8 @@ def test_metrics_need_auth_and_use_the_prometheus_format(base: str) -> None:
     }
     for name, kind in expected.items():
         assert name in families and families[name].type == kind, name
-    assert {s.labels["kind"] for s in families["memchat_llm_calls"].samples} == {"respond", "summary", "stateless"}
+    assert {s.labels["kind"] for s in families["memchat_llm_calls"].samples} == {"respond", "summary", "extraction",
+                                                                                 "stateless"}
     assert "# HELP memchat_turn_latency_seconds" in r.text and 'le="+Inf"' in r.text
 
 
