@@ -114,5 +114,6 @@ def take(engine: Any, thread_id: str, state: dict[str, Any]) -> list[dict[str, A
     key = turn_key(thread_id, state.get("context"))
     if key is None:
         return []
-    res = cache_for(engine).get(key, wait=engine.settings.llm_timeout)
+    # kept (bounded, oldest dropped): a next turn that fails and is retried finds them again
+    res = cache_for(engine).get(key, wait=engine.settings.llm_timeout, keep=True)
     return [] if res is MISSING or res is PENDING else list(res)

@@ -28,6 +28,7 @@ class ScriptedChatModel(BaseChatModel):
     summary_text: str = "They talked about it."
     facts: list[str] = Field(default_factory=list)
     extractions: list[str] = Field(default_factory=list)
+    extraction_gate: Any = None  # a threading.Event the extraction calls wait for (up to 10 s)
 
     @property
     def _llm_type(self) -> str:
@@ -45,6 +46,8 @@ class ScriptedChatModel(BaseChatModel):
         if kind in self.fail_kinds:
             raise TimeoutError(f"scripted failure of a {kind} call")
         if kind == "extraction":
+            if self.extraction_gate is not None:
+                self.extraction_gate.wait(10)
             return self.extractions.pop(0) if self.extractions else '{"operations": []}'
         if kind == "summary":
             if self.bad_json:

@@ -4,6 +4,8 @@ applied before the next turn; failures counted, never fatal; its prompt extends 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,17 @@ def test_set_correct_retract_apply_on_the_next_turn(settings: Settings) -> None:
     prompt = llm.calls[1][1]  # the extraction: the reply prompt, the reply, the instruction
     assert [m.content for m in prompt[:-2]] == [m.content for m in llm.calls[0][1]]
     assert prompt[-2].type == "ai" and "Memory task" in str(prompt[-1].content)
+
+
+def test_the_turn_does_not_wait_for_the_extraction(settings: Settings) -> None:
+    gate = threading.Event()
+    mc, llm = make(settings, extraction_gate=gate,
+                   extractions=[ops(("set", "fact", "hobby", "bouldering", "I go bouldering on Sundays"))])
+    t0 = time.monotonic()
+    r = mc.turn("t", "I go bouldering on Sundays.", user_id="u")
+    assert r.turn == 1 and time.monotonic() - t0 < 5 and not gate.is_set()  # answered while it still runs
+    gate.set()
+    assert turn(mc, "See you.")["fact:hobby"] == "bouldering"
 
 
 def test_ungrounded_third_party_question_and_quoted_operations_are_rejected(settings: Settings) -> None:
