@@ -84,6 +84,8 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
     By default no real LLM is configured (a stub model is passed to the engine instead).
     """
     kw: dict[str, Any] = dict(data_dir=data_dir, llm_base_url="http://127.0.0.1:9/v1", llm_model="stub")
+    if "MEMCHAT_LLM_EXTRACTION" not in os.environ:
+        kw["llm_extraction"] = "false"  # the stub URL would turn the LLM tier on; benches measure the hot path
     kw.update(overrides)
     return Settings(_env_file=None, **kw)  # type: ignore[call-arg]
 

@@ -20,6 +20,7 @@ from langchain_core.runnables import RunnableConfig
 
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
+from graph.extraction import schedule as schedule_extraction
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
 from graph.persistence import ThreadBusy, ThreadLeases
 from graph.receipts import find_receipt, fingerprint, key_hash
@@ -165,6 +166,7 @@ class MemChat:
             self._flush(final)  # vector memory last: nothing after it can fail the turn
             if self.settings.background_summaries:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
+            schedule_extraction(self.engine, thread_id, final)  # LLM slot tier, applied by the next turn
             ctx = dict(final.get("context") or {})
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),

@@ -80,12 +80,12 @@ class SummaryCache:
                 self._done.popitem(last=False)
         return result
 
-    def get(self, key: str, wait: float = 0.0) -> Any:
-        """The result (taken out of the cache), :data:`PENDING` while running (after waiting up to
-        ``wait`` seconds), :data:`MISSING` when unknown."""
+    def get(self, key: str, wait: float = 0.0, keep: bool = False) -> Any:
+        """The result (taken out of the cache unless ``keep``), :data:`PENDING` while running (after waiting up
+        to ``wait`` seconds), :data:`MISSING` when unknown."""
         with self._lock:
             if key in self._done:
-                return self._done.pop(key)
+                return self._done[key] if keep else self._done.pop(key)
             fut = self._running.get(key)
         if fut is None:
             return MISSING
@@ -96,7 +96,7 @@ class SummaryCache:
         except Exception:
             return MISSING
         with self._lock:
-            return self._done.pop(key, MISSING)
+            return self._done.get(key, MISSING) if keep else self._done.pop(key, MISSING)
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait for the running jobs (tests, benches, shutdown)."""

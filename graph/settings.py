@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     memory_candidates: int = Field(50, ge=1, description="Candidates fetched from each retriever")
     memory_neighbours: int = Field(2, ge=0, description="Adjacent turns added around a hit")
     memory_min_score: float = Field(0.2, description="Dense cosine floor for a hit found only by dense search")
-    llm_extraction: bool = Field(False, description="Also extract facts with the LLM (batched at compaction)")
+    llm_extraction: Literal["auto", "true", "false"] = Field(
+        "auto", description="LLM tier of slot extraction (a second call after the reply) and LLM facts at compaction: "
+        "auto = on for a remote MEMCHAT_LLM_BASE_URL, off for the embedded model; true; false")
     ttl_turns_task: int = Field(40, ge=0, description="Turns without mention before a task expires (0 = never)")
     ttl_turns_fact: int = Field(0, ge=0)
     ttl_turns_instruction: int = Field(0, ge=0)
@@ -86,6 +88,24 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_url(cls, v: str) -> str:
         return v.strip().rstrip("/")
+
+    @field_validator("llm_extraction", mode="before")
+    @classmethod
+    def _extraction_mode(cls, v: object) -> object:
+        """Old boolean values still work (``true``/``1``/``yes``/``on``, ``false``/``0``/``no``/``off``)."""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        text = str(v).strip().lower()
+        return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false",
+                "": "auto"}.get(text, text)
+
+    @property
+    def extraction_enabled(self) -> bool:
+        """Whether the LLM extraction tier runs (``auto``: only against a remote backend)."""
+        mode = self.llm_extraction
+        if isinstance(mode, bool):  # set with model_copy(update=...), which skips validation
+            return mode
+        return mode == "true" or (mode == "auto" and not self.embedded)
 
     @property
     def embedded(self) -> bool:

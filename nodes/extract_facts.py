@@ -11,15 +11,17 @@ from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from graph.engine import Engine, get_engine
+from graph.extraction import take
 from graph.namespaces import public_user
 from graph.rules import extract_rules
 from graph.slots import keep_grounded
 from graph.state import State
-from nodes.common import current_message, text_of, user_id
+from nodes.common import current_message, text_of, thread_id, user_id
 
 
 def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
-    """Rules tier (zero LLM calls); the LLM tier runs batched at compaction (see ``summarize``)."""
+    """Rules tier (zero LLM calls) on the new message, after the LLM tier's operations on the previous one
+    (computed after its reply, see :mod:`graph.extraction`), so this turn's own words come last."""
     eng = engine or get_engine()
     human = current_message(state)
     text = text_of(human)
@@ -30,5 +32,5 @@ def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None
         update["messages"] = [HumanMessage(content=text, id=human.id)]
         update["counters"] = {"truncated_messages": 1}
     cands = [c.as_dict() for c in extract_rules(text, "user")]
-    update["candidates"] = keep_grounded(cands)
+    update["candidates"] = take(eng, thread_id(config), dict(state)) + keep_grounded(cands)
     return update

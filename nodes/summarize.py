@@ -107,12 +107,12 @@ def summarize_l1(eng: Engine, turns: list[tuple[int, str, str]]) -> tuple[str, l
         if not summary:
             raise ValueError("empty summary")
         facts = [str(f) for f in data.get("facts") or [] if isinstance(f, str)]
-        facts = [f for f in facts if grounded({"value": f}, source)] if eng.settings.llm_extraction else []
+        facts = [f for f in facts if grounded({"value": f}, source)] if eng.settings.extraction_enabled else []
         return summary[:300], facts, True
     except Exception as exc:  # the turn never fails because of a summary
         log.warning("L1 summary failed (%s); using an extractive fallback", type(exc).__name__)
         eng.metrics.inc("summary_failures")
-        if eng.settings.llm_extraction:  # the same call extracts the facts: they are lost too
+        if eng.settings.extraction_enabled:  # the same call extracts the facts: they are lost too
             eng.metrics.inc("extraction_failures")
         return fallback_summary([u for _, u, _ in turns]), [], False
 

@@ -28,10 +28,12 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # engine counter name -> (metric family, documentation, labels)
-LLM_KINDS = ("respond", "summary", "stateless")
+LLM_KINDS = ("respond", "summary", "extraction", "stateless")
 FAILURE_COUNTERS = {
     "extraction_failures": "LLM fact extractions that failed (invalid JSON, timeout, backend error); the turn "
                            "was answered",
+    "extraction_rejected": "Operations of the LLM extraction tier dropped as ungrounded (not in the user's own "
+                           "words, a question, a hypothetical, a quote or another person)",
     "summary_failures": "L1/L2 summaries that failed (invalid JSON, timeout, backend error); the turn was answered "
                         "with an extractive fallback",
     "retrieval_failures": "Retrievals that failed; the turn was answered without recalled memories",
@@ -51,7 +53,8 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.metrics.snapshot()
         calls = CounterMetricFamily("memchat_llm_calls", "LLM calls by kind (respond: the reply of a turn; "
-                                    "summary: L1/L2 summaries and batched fact extraction; stateless: a reply "
+                                    "summary: L1/L2 summaries and batched fact extraction; extraction: the slot extraction after "
+                                    "a reply; stateless: a reply "
                                     "without a thread)", labels=["kind"])
         for kind in LLM_KINDS:
             calls.add_metric([kind], float(snap.get(f"llm_calls_{kind}", 0)))

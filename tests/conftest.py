@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# the tests' remote stub URLs would turn the LLM extraction tier on ("auto"); tests that count or script LLM
+# calls keep their order: the tier runs only where a test asks for it (tests/test_llm_extraction.py)
+os.environ.setdefault("MEMCHAT_LLM_EXTRACTION", "false")
 
 from graph.engine import Engine  # noqa: E402
 from graph.settings import Settings  # noqa: E402
@@ -33,7 +36,7 @@ def stub() -> Iterator[str]:
 def settings(tmp_path: Path) -> Settings:
     """Settings isolated in a temp data dir, pointing at no real LLM."""
     return Settings(data_dir=tmp_path / "data", llm_base_url="http://127.0.0.1:9/v1", llm_model="fake",
-                    _env_file=None)  # type: ignore[call-arg]
+                    llm_extraction="false", _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ from pydantic import Field
 class ScriptedChatModel(BaseChatModel):
     """Replies from a script (or an echo of the last user line); JSON when a response_format is bound.
 
-    ``fail_kinds`` makes calls of a kind ("respond", "summary") raise, ``bad_json`` returns invalid JSON
-    for summaries. Every call is recorded in ``calls`` as (kind, messages).
+    ``fail_kinds`` makes calls of a kind ("respond", "summary", "extraction") raise, ``bad_json`` returns
+    invalid JSON for summaries. Slot extraction calls (schema ``slot_operations``) answer from ``extractions``
+    (raw texts, in order), else no operations. Every call is recorded in ``calls`` as (kind, messages).
     """
 
     replies: list[str] = Field(default_factory=list)
@@ -26,19 +27,28 @@ class ScriptedChatModel(BaseChatModel):
     bad_json: bool = False
     summary_text: str = "They talked about it."
     facts: list[str] = Field(default_factory=list)
+    extractions: list[str] = Field(default_factory=list)
+    extraction_gate: Any = None  # a threading.Event the extraction calls wait for (up to 10 s)
 
     @property
     def _llm_type(self) -> str:
         return "scripted"
 
     def _kind(self, kwargs: dict[str, Any]) -> str:
-        return "summary" if kwargs.get("response_format") else "respond"
+        fmt = kwargs.get("response_format") or {}
+        if (fmt.get("json_schema") or {}).get("name") == "slot_operations":
+            return "extraction"
+        return "summary" if fmt else "respond"
 
     def _text(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
         kind = self._kind(kwargs)
         self.calls.append((kind, list(messages)))
         if kind in self.fail_kinds:
             raise TimeoutError(f"scripted failure of a {kind} call")
+        if kind == "extraction":
+            if self.extraction_gate is not None:
+                self.extraction_gate.wait(10)
+            return self.extractions.pop(0) if self.extractions else '{"operations": []}'
         if kind == "summary":
             if self.bad_json:
                 return "this is {not json"

@@ -65,6 +65,7 @@ def serve_memchat(stub: str, data_dir: Path, **overrides: Any) -> Iterator[str]:
     from graph.settings import Settings
     from server.app import create_app
 
+    overrides.setdefault("llm_extraction", "false")  # no second call per turn unless a test asks for it
     settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=data_dir, _env_file=None,  # type: ignore[call-arg]
                         **overrides)
     with serve_app(create_app(settings, MemChat(settings))) as url:

@@ -57,7 +57,8 @@ def test_metrics_need_auth_and_use_the_prometheus_format(base: str) -> None:
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     expected = {
         "memchat_turns": "counter", "memchat_llm_calls": "counter", "memchat_llm_failures": "counter",
-        "memchat_extraction_failures": "counter", "memchat_summary_failures": "counter",
+        "memchat_extraction_failures": "counter", "memchat_extraction_rejected": "counter",
+        "memchat_summary_failures": "counter",
         "memchat_retrieval_failures": "counter", "memchat_cached_token_ratio": "gauge",
         "memchat_turn_latency_seconds": "histogram", "memchat_ttft_seconds": "histogram",
         "memchat_prompt_tokens": "counter", "memchat_cached_tokens": "counter",
@@ -66,7 +67,8 @@ def test_metrics_need_auth_and_use_the_prometheus_format(base: str) -> None:
     }
     for name, kind in expected.items():
         assert name in families and families[name].type == kind, name
-    assert {s.labels["kind"] for s in families["memchat_llm_calls"].samples} == {"respond", "summary", "stateless"}
+    assert {s.labels["kind"] for s in families["memchat_llm_calls"].samples} == {"respond", "summary", "extraction",
+                                                                                 "stateless"}
     assert "# HELP memchat_turn_latency_seconds" in r.text and 'le="+Inf"' in r.text
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from graph.chat import MemChat
 from graph.engine import Engine
+from graph.extraction import cache_for as extraction_cache
 from graph.settings import Settings
 from server.app import create_app
 from server.metrics import samples
@@ -177,9 +178,11 @@ def test_invalid_summary_json_leaves_the_turn_answered_and_is_counted(stub: Stub
     settings = Settings(llm_base_url=stub.url, llm_model=STUB_MODEL, data_dir=tmp_path, api_key=KEY, l0_turns=1,
                         llm_extraction=True, llm_max_retries=0, background_summaries=False,  # inline: scripted order
                         _env_file=None)  # type: ignore[call-arg]
-    with serve_app(create_app(settings, MemChat(settings))) as url:
+    mc = MemChat(settings)
+    with serve_app(create_app(settings, mc)) as url:
         for text in ("I am planning a trip to Kyoto.", "We will travel in April."):
             assert chat(url, "summ", text)[0].status_code == 200
+        extraction_cache(mc.engine).drain()  # the slot extraction after the reply must not take the script
         m0 = metrics(url)
         stub.control(replies=["this is {not json"])  # the next LLM call: the L1 summary of this turn
         r, _ = chat(url, "summ", "What should we pack?")
