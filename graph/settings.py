@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,11 @@ class Settings(BaseSettings):
     checkpoint_url: str = Field("", description="SQLite path or postgresql:// URL; empty = <data_dir>/checkpoints.sqlite")
     chroma_url: str = Field("", description="Chroma server http://host:port; empty = embedded persistent store")
     chroma_collection: str = Field("memchat", description="Chroma collection name")
+    vector_store: Literal["chroma", "milvus"] = Field("chroma", description="Vector memory backend")
+    milvus_uri: str = Field("", description="Milvus Lite file path or http://host:19530; empty = <data_dir>/milvus.db")
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus token (user:password or API key)")
+    milvus_collection: str = Field("memchat", description="Milvus collection name")
+    milvus_index: str = Field("", description="Dense index type; empty = FLAT on Milvus Lite, HNSW on a server")
     embedding_model: str = Field("", description="sentence-transformers id or path; empty = shipped all-MiniLM-L6-v2")
     embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
     embedding_device: str = Field("cpu")

@@ -36,6 +36,24 @@ def settings(tmp_path: Path) -> Settings:
                     _env_file=None)  # type: ignore[call-arg]
 
 
+@pytest.fixture(params=["chroma", "milvus"])
+def vector_store(request: pytest.FixtureRequest) -> str:
+    """Each vector store kind: embedded Chroma, and Milvus Lite (the same contract, the same assertions)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_settings(settings: Settings, vector_store: str) -> Settings:
+    """``settings`` on the ``vector_store`` kind (Milvus Lite file in the temp data dir)."""
+    return settings.model_copy(update={"vector_store": vector_store})
+
+
+@pytest.fixture
+def store_engine(store_settings: Settings, fake_llm: ScriptedChatModel) -> Engine:
+    """``engine`` on each vector store kind."""
+    return Engine(store_settings, llm=fake_llm)
+
+
 @pytest.fixture
 def fake_llm() -> ScriptedChatModel:
     """A scripted chat model."""
