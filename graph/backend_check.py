@@ -73,7 +73,7 @@ def check_vectors(settings: Settings) -> str:
     except Exception as exc:
         raise RuntimeError(f"cannot reach the {where(settings)} ({setting}): {exc}") from exc
     mem = make_memory(settings, emb, client=client)
-    return f"{where(settings)}: {mem.describe()} ({emb.dim} dims)"
+    return f"{where(settings)}: {mem.describe()}"
 
 
 def check_all(settings: Settings, *, llm: bool = True) -> list[Check]:

@@ -24,6 +24,7 @@ BM25 side runs in process, as for Chroma (:class:`_LocalBM25`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -78,9 +79,22 @@ def full_text_supported(version: str) -> bool:
     return m is not None and (int(m.group(1)), int(m.group(2))) >= (2, 5)
 
 
+class _QuietLite(logging.Filter):
+    """Milvus Lite's in-process gRPC server logs an ERROR with a traceback for every RPC it lacks
+    (``AllocTimestamp``, which pymilvus calls once while an index is built); pymilvus copes, so drop them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Method not implemented" not in record.getMessage() and "not implemented" not in str(record.exc_info)
+
+
 def make_milvus_client(uri: str, token: str = "") -> Any:
     """A ``MilvusClient``: a local path runs Milvus Lite in this process, a URL reaches a server."""
     from pymilvus import MilvusClient
+
+    if "://" not in uri:
+        grpc_log = logging.getLogger("grpc._server")
+        if not any(isinstance(f, _QuietLite) for f in grpc_log.filters):
+            grpc_log.addFilter(_QuietLite())
 
     return MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
 

@@ -72,3 +72,11 @@ def memchat(engine: Engine) -> Iterator[object]:
     from graph.chat import MemChat
 
     yield MemChat(engine=engine)
+
+
+@pytest.fixture
+def store_memchat(store_engine: Engine) -> Iterator[object]:
+    """``memchat`` on each vector store kind."""
+    from graph.chat import MemChat
+
+    yield MemChat(engine=store_engine)
