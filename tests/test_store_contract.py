@@ -145,3 +145,30 @@ def test_copy_between_store_kinds(store_settings: Settings) -> None:
     assert _ids(mem.search("dog tennis balls", "u2", None, k=5)) == {"c1"}
     with pytest.raises(ValueError, match="configured store itself"):
         copy_store(store_settings, store_settings.vector_store, progress=False, embeddings=emb)
+
+
+def test_check_reports_the_store(store_settings: Settings) -> None:
+    from graph.backend_check import check_vectors
+
+    Engine(store_settings, llm=ScriptedChatModel()).store_docs(CORPUS)
+    line = check_vectors(store_settings)
+    kind = "Milvus Lite" if store_settings.vector_store == "milvus" else "embedded Chroma"
+    assert kind in line and "with 6 memories" in line and "384 dims" in line and "all-MiniLM-L6-v2" in line
+
+
+def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Settings,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Milvus older than 2.5 (no BM25 function): no sparse field, memchat's own BM25; same results."""
+    import graph.milvus_store as ms
+
+    monkeypatch.setattr(ms, "full_text_supported", lambda version: False)
+    s = settings.model_copy(update={"vector_store": "milvus"})
+    mem = Engine(s, llm=ScriptedChatModel()).memory
+    assert isinstance(mem, ms.MilvusMemory) and not mem.full_text and "BM25 in process" in mem.describe()
+    mem.add(CORPUS)
+    hits = mem.search("Alps hiking", "u1", "t1", k=5)
+    assert hits[0].doc.id == "a2" and hits[0].bm25 and _ids(hits) <= {"a1", "a2", "f1"}
+    other = make_memory(s, mem.embeddings)  # another process's write is seen (the count changed)
+    other.add([_doc("a3", "The trip was moved to the Dolomites.", "u1", "t1", 3)])
+    assert mem.search("Dolomites", "u1", "t1", k=5)[0].doc.id == "a3"
+    assert mem.delete_user("u1") == 5 and mem.search("Dolomites", "u1", None, k=5) == []
