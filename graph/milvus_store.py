@@ -17,8 +17,9 @@ index lives in Milvus: a ``BM25`` function turns the stemmed tokens of each memo
 tokenizer, jieba for Chinese, Snowball stems) into a sparse vector server-side, and a query runs a
 dense and a BM25 search there, filtered by user and thread. Only the two top-k lists come back; memchat
 adds their normalized scores with the same weights as for Chroma, so no process keeps a per-user index
-and replicas share nothing but Milvus. On an older Milvus the collection has no sparse field and the
-BM25 side runs in process, as for Chroma (:class:`_LocalBM25`).
+and replicas share nothing but Milvus ("server" search, the default for a server URL). A Milvus Lite
+file, and a Milvus without full-text search (< 2.5, no sparse field), search in process instead:
+:class:`graph.milvus_local.LocalIndex` ("process" search; why in its module).
 """
 
 from __future__ import annotations
@@ -31,16 +32,15 @@ from collections import OrderedDict
 from typing import Any
 
 from graph.embeddings import STEmbeddings
+from graph.milvus_local import LocalIndex
 from graph.textproc import tokenize
 from graph.vectorstore import (
-    MAX_SCOPES,
     QUERY_CACHE,
     SMALL_BATCH,
     EmbedderMismatch,
     Hit,
     MemoryDoc,
     _few_threads,
-    _Scope,
     bm25_tokens,
     fuse,
     stem,
@@ -103,7 +103,8 @@ class MilvusMemory:
     """Hybrid memory over one Milvus collection (cosine dense vectors, BM25 sparse vectors)."""
 
     def __init__(self, client: Any, embeddings: STEmbeddings, collection: str = "memchat",
-                 check_embedder: bool = True, index: str = "", uri: str = "", token: str = "") -> None:
+                 check_embedder: bool = True, index: str = "", uri: str = "", token: str = "",
+                 search: str = "auto") -> None:
         self.client = client
         self.uri, self.token = uri, token
         self.embeddings = embeddings
@@ -119,7 +120,9 @@ class MilvusMemory:
         desc = client.describe_collection(collection)
         props = desc.get("properties") or {}
         self.full_text = any(f["name"] == "sparse" for f in desc.get("fields", []))
-        self.local_bm25 = None if self.full_text else _LocalBM25(self)
+        lite_file = bool(uri) and "://" not in uri
+        in_process = not self.full_text or search == "process" or (search == "auto" and lite_file)
+        self.local = LocalIndex(self, exact=lite_file) if in_process else None
         built = props.get(EMBEDDER_KEY)
         if check_embedder and built and built != embeddings.identity:
             raise EmbedderMismatch(
@@ -212,6 +215,8 @@ class MilvusMemory:
         docs = list(uniq.values())
         vectors = self._embed_docs([d.text for d in docs])
         self.client.upsert(self.collection_name, [self._row(d, v) for d, v in zip(docs, vectors)])
+        if self.local is not None:
+            self.local.wrote(docs, vectors)
 
     def delete_thread(self, thread_id: str) -> int:
         """Forget a thread's thread-scoped memories."""
@@ -227,8 +232,8 @@ class MilvusMemory:
             if n:
                 self.client.delete(self.collection_name, filter=expr)
             self._qcache.clear()
-            if self.local_bm25 is not None:
-                self.local_bm25.clear()
+            if self.local is not None:
+                self.local.deleted()
             return n
 
     def _count(self, expr: str = "") -> int:
@@ -240,26 +245,30 @@ class MilvusMemory:
         return self._count()
 
     # ---- reads --------------------------------------------------------------------------------
+    def ids(self, expr: str = "") -> list[str]:
+        """Ids of the documents matching ``expr`` (all when empty)."""
+        rows = self.client.query(self.collection_name, filter=expr or 'id != ""', output_fields=["id"])
+        return sorted(str(r["id"]) for r in rows)
+
+    def fetch(self, ids: list[str], vectors: bool = False) -> list[tuple[MemoryDoc, list[float] | None]]:
+        """Documents (and their vectors) by id, in batches; the filter is built here because pymilvus'
+        ``get`` does not escape backslashes in string ids."""
+        out: list[tuple[MemoryDoc, list[float] | None]] = []
+        fields = OUTPUT + (["vector"] if vectors else [])
+        for start in range(0, len(ids), PAGE):
+            expr = "id in [" + ", ".join(quote(i) for i in ids[start:start + PAGE]) + "]"
+            for r in self.client.query(self.collection_name, filter=expr, output_fields=fields):
+                out.append((self._doc(r), list(r["vector"]) if vectors else None))
+        return out
+
     def get_ids(self, ids: list[str]) -> list[MemoryDoc]:
         """Fetch documents by id (missing ids are skipped), in the order asked."""
-        if not ids:
-            return []
-        found = {d.id: d for d in map(self._doc, self.client.get(self.collection_name, ids=ids,
-                                                                  output_fields=OUTPUT))}
+        found = {d.id: d for d, _ in self.fetch(list(dict.fromkeys(ids)))}
         return [found[i] for i in ids if i in found]
 
     def all_docs(self, where: str = "") -> list[MemoryDoc]:
-        """All documents (optionally filtered by a Milvus expression), paged by id."""
-        out: list[MemoryDoc] = []
-        last = None
-        while True:
-            expr = " and ".join(x for x in (where and f"({where})", last and f"id > {quote(last)}") if x)
-            page = self.client.query(self.collection_name, filter=expr, output_fields=OUTPUT, limit=PAGE)
-            if not page:
-                return out
-            page = sorted(page, key=lambda r: str(r["id"]))
-            out.extend(map(self._doc, page))
-            last = str(page[-1]["id"])
+        """All documents (optionally filtered by a Milvus expression), for re-indexing and copying."""
+        return [d for d, _ in self.fetch(self.ids(where))]
 
     @staticmethod
     def scope_filter(user_id: str, thread_id: str | None) -> str:
@@ -274,20 +283,24 @@ class MilvusMemory:
 
     def dense(self, query: str, user_id: str, thread_id: str | None, k: int,
               vector: list[float] | None = None) -> list[tuple[MemoryDoc, float]]:
-        """Cosine top-k within the user's (and thread's) scope, in Milvus."""
+        """Cosine top-k within the user's (and thread's) scope."""
         vec = vector if vector is not None else self.embed_query(query)
+        if self.local is not None:
+            got = self.local.dense(vec, user_id, thread_id, k)
+            if got is not None:
+                return got
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if self.index == "HNSW":
             params["params"] = {"ef": max(64, 2 * k)}
         return self._search(vec, "vector", self.scope_filter(user_id, thread_id), k, params)
 
     def sparse(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
-        """BM25 top-k within the same scope: in Milvus when it has full-text search, else in process."""
+        """BM25 top-k within the same scope: in Milvus ("server" search) or in process."""
         toks = stem(tokenize(query))
         if not toks:
             return []
-        if self.local_bm25 is not None:
-            return self.local_bm25.sparse(toks, user_id, thread_id, k)
+        if self.local is not None:
+            return self.local.sparse(toks, user_id, thread_id, k)
         hits = self._search(bm25_text(toks), "sparse", self.scope_filter(user_id, thread_id), k,
                             {"metric_type": "BM25"})
         return [(d, s) for d, s in hits if s > 0]
@@ -300,7 +313,9 @@ class MilvusMemory:
 
     def describe(self) -> str:
         """Backend, collection, dimension and count (for ``memchat check``)."""
-        path = "full-text BM25 in Milvus" if self.full_text else "BM25 in process (no full-text search)"
+        path = ("search in Milvus (dense + full-text BM25)" if self.local is None else
+                "search in process (dense + BM25)" if self.full_text else
+                "search in process (dense + BM25; no full-text search in this Milvus)")
         return (f"{self.server_version}, collection {self.collection_name!r} ({self.index}, {self.dim} dims, "
                 f"{path}) with {self.count()} memories; embedder {self.embedder}")
 
@@ -311,42 +326,3 @@ class MilvusMemory:
         args = {"uri": self.uri, **({"token": self.token} if self.token else {})}
         return Milvus(embedding_function=self.embeddings, collection_name=self.collection_name, connection_args=args,
                       vector_field="vector", text_field="text", primary_field="id", auto_id=False, **kw)
-
-
-class _LocalBM25:
-    """In-process BM25 per user for a Milvus without full-text search (least recently used dropped).
-
-    A fallback: each write (of any process) changes the count and reloads the user's documents.
-    """
-
-    def __init__(self, mem: MilvusMemory) -> None:
-        self.mem = mem
-        self._scopes: OrderedDict[str, _Scope] = OrderedDict()
-        self._lock = threading.RLock()
-        self._known = -1  # the collection's count when the scopes were loaded: any write reloads them
-
-    def clear(self) -> None:
-        with self._lock:
-            self._scopes.clear()
-
-    def sparse(self, toks: list[str], user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
-        import numpy as np
-
-        with self._lock:
-            total = self.mem.count()
-            if total != self._known:
-                self._scopes.clear()
-                self._known = total
-            scope = self._scopes.get(user_id)
-            if scope is None:
-                scope = _Scope(self.mem.dim, with_vectors=False)
-                for d in self.mem.all_docs(f"user_id == {quote(user_id)}"):
-                    scope.put(d, None)
-                self._scopes[user_id] = scope
-                while len(self._scopes) > MAX_SCOPES:
-                    self._scopes.popitem(last=False)
-            self._scopes.move_to_end(user_id)
-            scores = scope.bm25.scores(toks)
-            scores[~scope.visible(thread_id)] = 0.0
-            top = np.argsort(-scores, kind="stable")[: max(1, k)]
-            return [(scope.docs[int(i)], float(scores[i])) for i in top if scores[i] > 0]

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     milvus_token: SecretStr = Field(SecretStr(""), description="Milvus token (user:password or API key)")
     milvus_collection: str = Field("memchat", description="Milvus collection name")
     milvus_index: str = Field("", description="Dense index type; empty = FLAT on Milvus Lite, HNSW on a server")
+    milvus_search: Literal["auto", "server", "process"] = Field(
+        "auto", description="Where Milvus memories are searched; auto = in process for a Lite file, else in Milvus")
     embedding_model: str = Field("", description="sentence-transformers id or path; empty = shipped all-MiniLM-L6-v2")
     embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
     embedding_device: str = Field("cpu")

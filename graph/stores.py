@@ -51,5 +51,6 @@ def make_memory(settings: Settings, embeddings: STEmbeddings, *, client: Any | N
         from graph.milvus_store import MilvusMemory
 
         return MilvusMemory(client, embeddings, name, check_embedder=check_embedder, index=settings.milvus_index,
-                            uri=milvus_uri(settings), token=settings.milvus_token.get_secret_value())
+                            uri=milvus_uri(settings), token=settings.milvus_token.get_secret_value(),
+                            search=settings.milvus_search)
     return ChromaMemory(client, embeddings, name, check_embedder=check_embedder)

@@ -44,8 +44,10 @@ def vector_store(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_settings(settings: Settings, vector_store: str) -> Settings:
-    """``settings`` on the ``vector_store`` kind (Milvus Lite file in the temp data dir)."""
-    return settings.model_copy(update={"vector_store": vector_store})
+    """``settings`` on the ``vector_store`` kind (Milvus Lite file in the temp data dir); ``milvus-server``
+    searches in Milvus (dense + BM25 function) instead of in process, as memchat does on a Milvus server."""
+    kind, _, search = vector_store.partition("-")
+    return settings.model_copy(update={"vector_store": kind, **({"milvus_search": search} if search else {})})
 
 
 @pytest.fixture

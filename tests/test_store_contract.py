@@ -21,6 +21,12 @@ from tests.fakes import ScriptedChatModel
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(params=["chroma", "milvus", "milvus-server"])
+def vector_store(request: pytest.FixtureRequest) -> str:
+    """Chroma; Milvus Lite searched in process (its default); Milvus Lite searched in Milvus (a server's path)."""
+    return str(request.param)
+
+
 def _doc(i: str, text: str, user: str, thread: str, seq: int = 1, scope: str = "thread", kind: str = "turn"
          ) -> MemoryDoc:
     return MemoryDoc(id=i, text=text, user_id=user, thread_id=thread, kind=kind, turn=(seq + 1) // 2, seq=seq,
@@ -164,7 +170,7 @@ def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Setting
     monkeypatch.setattr(ms, "full_text_supported", lambda version: False)
     s = settings.model_copy(update={"vector_store": "milvus"})
     mem = Engine(s, llm=ScriptedChatModel()).memory
-    assert isinstance(mem, ms.MilvusMemory) and not mem.full_text and "BM25 in process" in mem.describe()
+    assert isinstance(mem, ms.MilvusMemory) and not mem.full_text and mem.local is not None and "no full-text search" in mem.describe()
     mem.add(CORPUS)
     hits = mem.search("Alps hiking", "u1", "t1", k=5)
     assert hits[0].doc.id == "a2" and hits[0].bm25 and _ids(hits) <= {"a1", "a2", "f1"}
