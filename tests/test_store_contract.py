@@ -160,6 +160,10 @@ def test_check_reports_the_store(store_settings: Settings) -> None:
     line = check_vectors(store_settings)
     kind = "Milvus Lite" if store_settings.vector_store == "milvus" else "embedded Chroma"
     assert kind in line and "with 6 memories" in line and "384 dims" in line and "all-MiniLM-L6-v2" in line
+    if store_settings.vector_store == "milvus":  # the same collection as a LangChain vector store
+        lc = Engine(store_settings, llm=ScriptedChatModel()).memory.as_langchain()  # type: ignore[attr-defined]
+        got = lc.similarity_search("shellfish allergy", k=1, expr='user_id == "u1"')
+        assert got[0].page_content == "The user is allergic to shellfish."
 
 
 def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Settings,
