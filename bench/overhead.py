@@ -129,7 +129,7 @@ def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False,
             fill_s = prefill(eng, n, quiet=quiet)
             r = measure(eng, turns, warmup, quiet=quiet)
             r["stored"] = eng.memory.count()
-            r["store"] = eng.settings.vector_store
+            r["vector_store"] = eng.settings.vector_store
             r["prefill_s"] = round(fill_s, 1)
             results[str(n)] = r
     biggest = results[str(max(sizes))]
@@ -137,7 +137,7 @@ def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False,
         "sizes": {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in results.items()},
         "p95_ms_at_largest": biggest["total"]["p95"],
         "largest": max(sizes),
-        "store": biggest["store"],
+        "vector_store": biggest["vector_store"],
         "turns_measured": turns,
         "cpu_count": os.cpu_count(),
         "torch_threads": _torch_threads(),
@@ -176,7 +176,7 @@ def _plot(results: dict[str, Any]) -> Any:
 
 
 def table(p: dict[str, Any]) -> Table:
-    t = Table(title=f"Memory work per turn, LLM excluded ({p['store']}; {p['turns_measured']} turns; {p['cpu_count']} CPUs, "
+    t = Table(title=f"Memory work per turn, LLM excluded ({p['vector_store']}; {p['turns_measured']} turns; {p['cpu_count']} CPUs, "
                     f"torch threads {p['torch_threads']}, load avg {p['load_avg'][0]})")
     t.add_column("stored memories", justify="right")
     for part in PARTS:
