@@ -190,6 +190,7 @@ def run(data: Path, budget: int, limit_conversations: int | None = None, limit_q
     n_q = sum(len(hits["memchat"][c]) for c in CATEGORIES)
     payload: dict[str, Any] = {
         "overall": share("memchat"),
+        "store": settings.vector_store,
         "per_category": {str(c): share("memchat", c) for c in CATEGORIES},
         "mean_memory_tokens": round(mean([float(t) for t in tokens["memchat"]]), 1),
         "baselines": {
@@ -273,6 +274,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dense-k", type=int, default=50, help="k of the dense baseline")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--store", choices=["chroma", "milvus"], default=None,
+                    help="vector store (default: MEMCHAT_VECTOR_STORE, else chroma)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a Settings field for this run (e.g. memory_top_k=30); repeatable")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
@@ -280,7 +283,7 @@ def main(argv: list[str]) -> int:
     if not a.data.is_file():
         ap.error(f"LoCoMo data not found: {a.data} (pass --data PATH)")
     p = run(a.data, a.budget, a.limit_conversations, a.limit_questions, a.dense_k, quiet=a.quiet, plot=not a.no_plot,
-            settings_overrides=parse_overrides(a.set))
+            settings_overrides={**parse_overrides(a.set), **({"vector_store": a.store} if a.store else {})})
     target = "met" if p["overall"] >= 0.85 and p["mean_memory_tokens"] <= 2000 else "NOT met"
     notes = [f"target all-evidence recall >= 0.85 at <= 2000 memory tokens: {target} "
              f"(max tokens of one context {p['max_memory_tokens']}; store {p['store_ms_per_utterance']} ms/utterance, "

@@ -114,7 +114,7 @@ def measure(eng: Engine, turns: int, warmup: int, quiet: bool = False) -> dict[s
 
 
 def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False, plot: bool = True,
-        threads: int | None = None) -> dict[str, Any]:
+        threads: int | None = None, store: str | None = None) -> dict[str, Any]:
     """Measure at each store size; returns the JSON payload."""
     if threads:
         import torch
@@ -123,12 +123,13 @@ def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False,
     results: dict[str, Any] = {}
     for n in sizes:
         with temp_data_dir("overhead") as tmp:
-            eng = Engine(bench_settings(tmp), llm=StubChatModel())
+            eng = Engine(bench_settings(tmp, **({"vector_store": store} if store else {})), llm=StubChatModel())
             eng.recall("warm up", user_id=USER, thread_id=None, budget_tokens=10)  # model load is not per-turn work
             eng.tokenizer.count("warm up")
             fill_s = prefill(eng, n, quiet=quiet)
             r = measure(eng, turns, warmup, quiet=quiet)
             r["stored"] = eng.memory.count()
+            r["vector_store"] = eng.settings.vector_store
             r["prefill_s"] = round(fill_s, 1)
             results[str(n)] = r
     biggest = results[str(max(sizes))]
@@ -136,6 +137,7 @@ def run(sizes: list[int], turns: int = 60, warmup: int = 5, quiet: bool = False,
         "sizes": {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in results.items()},
         "p95_ms_at_largest": biggest["total"]["p95"],
         "largest": max(sizes),
+        "vector_store": biggest["vector_store"],
         "turns_measured": turns,
         "cpu_count": os.cpu_count(),
         "torch_threads": _torch_threads(),
@@ -174,7 +176,7 @@ def _plot(results: dict[str, Any]) -> Any:
 
 
 def table(p: dict[str, Any]) -> Table:
-    t = Table(title=f"Memory work per turn, LLM excluded ({p['turns_measured']} turns; {p['cpu_count']} CPUs, "
+    t = Table(title=f"Memory work per turn, LLM excluded ({p['vector_store']}; {p['turns_measured']} turns; {p['cpu_count']} CPUs, "
                     f"torch threads {p['torch_threads']}, load avg {p['load_avg'][0]})")
     t.add_column("stored memories", justify="right")
     for part in PARTS:
@@ -194,12 +196,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--turns", type=int, default=60, help="measured turns per size")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--store", choices=["chroma", "milvus"], default=None,
+                    help="vector store (default: MEMCHAT_VECTOR_STORE, else chroma)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     a = ap.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",") if x.strip()]
-    p = run(sizes, a.turns, a.warmup, quiet=a.quiet, plot=not a.no_plot, threads=a.threads)
+    p = run(sizes, a.turns, a.warmup, quiet=a.quiet, plot=not a.no_plot, threads=a.threads, store=a.store)
     notes = [f"target p95 <= {TARGET_P95_MS:.0f} ms at {p['largest']:,} memories: "
              f"{'met' if p['target_met'] else 'NOT met'} ({p['p95_ms_at_largest']:.1f} ms)"]
     if p.get("plot"):

@@ -64,18 +64,16 @@ def check_checkpoints(settings: Settings) -> str:
 def check_vectors(settings: Settings) -> str:
     """Load the embedder and open the collection (refused when built with another embedder)."""
     from graph.embeddings import load_embeddings
-    from graph.vectorstore import ChromaMemory, make_chroma_client
+    from graph.stores import make_client, make_memory, where
 
     emb = load_embeddings(settings.embedding_model, settings.embedding_query_prefix, settings.embedding_device)
-    where = settings.chroma_url or f"embedded store in {settings.data_dir}/chroma"
+    setting = "MEMCHAT_MILVUS_URI" if settings.vector_store == "milvus" else "MEMCHAT_CHROMA_URL"
     try:
-        client: Any = make_chroma_client(settings.chroma_url, settings.data_dir)
+        client: Any = make_client(settings)
     except Exception as exc:
-        raise RuntimeError(f"cannot reach the Chroma server at {settings.chroma_url} (MEMCHAT_CHROMA_URL): "
-                           f"{exc}") from exc
-    mem = ChromaMemory(client, emb, collection=settings.chroma_collection)
-    return (f"{where}, collection {settings.chroma_collection!r} with {mem.count()} memories; "
-            f"embedder {emb.identity} ({emb.dim} dims)")
+        raise RuntimeError(f"cannot reach the {where(settings)} ({setting}): {exc}") from exc
+    mem = make_memory(settings, emb, client=client)
+    return f"{where(settings)}: {mem.describe()}"
 
 
 def check_all(settings: Settings, *, llm: bool = True) -> list[Check]:

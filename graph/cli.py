@@ -163,18 +163,27 @@ def check() -> None:
 
 
 @app.command()
-def reindex(batch: Annotated[int, typer.Option(help="Documents per batch")] = 256) -> None:
-    """Re-embed the vector store with the configured MEMCHAT_EMBEDDING_MODEL."""
+def reindex(batch: Annotated[int, typer.Option(help="Documents per batch")] = 256,
+            from_store: Annotated[str, typer.Option("--from", help="copy from this store kind (chroma | milvus) "
+                                                    "into the configured MEMCHAT_VECTOR_STORE")] = "") -> None:
+    """Re-embed the vector store with the configured MEMCHAT_EMBEDDING_MODEL (or copy from the other store)."""
     _quiet()
+    from graph.reindex import copy_store
     from graph.reindex import reindex as do_reindex
     from graph.settings import get_settings
 
+    if from_store and from_store not in ("chroma", "milvus"):
+        _fail(f"--from wants chroma or milvus, got {from_store!r}", 2)
+        return
     try:
-        n = do_reindex(get_settings(), batch=batch)
-    except RuntimeError as exc:
+        if from_store:
+            n = copy_store(get_settings(), from_store, batch=batch)
+        else:
+            n = do_reindex(get_settings(), batch=batch)
+    except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
         return
-    console.print(f"re-embedded {n} memories")
+    console.print(f"copied {n} memories from {from_store}" if from_store else f"re-embedded {n} memories")
 
 
 @app.command("import")

@@ -15,7 +15,7 @@ from graph.prompt import Budget, memory_line
 from graph.recall_policy import content_free
 from graph.settings import Settings, get_settings
 from graph.tokens import TokenCounter, load_tokenizer
-from graph.vectorstore import ChromaMemory, Hit, MemoryDoc, VectorMemory, make_chroma_client, msg_id
+from graph.vectorstore import Hit, MemoryDoc, VectorMemory, msg_id
 
 
 class Metrics:
@@ -87,11 +87,11 @@ class Engine:
         with self._lock:
             if self._memory is None:
                 from graph.embeddings import load_embeddings
+                from graph.stores import make_memory
 
                 emb = load_embeddings(self.settings.embedding_model, self.settings.embedding_query_prefix,
                                       self.settings.embedding_device)
-                client = make_chroma_client(self.settings.chroma_url, self.settings.data_dir)
-                self._memory = ChromaMemory(client, emb, self.settings.chroma_collection)
+                self._memory = make_memory(self.settings, emb)
             return self._memory
 
     @property

@@ -6,6 +6,11 @@ them are in is the new collection swapped in (old renamed aside, new renamed to 
 name, old dropped); if anything fails before, the old collection is left as it was. Stop the
 memchat servers that use the store first and start them again afterwards: a running process keeps
 a handle on the old collection.
+
+The same holds for Milvus (``MEMCHAT_VECTOR_STORE=milvus``; collections are renamed with
+``rename_collection``). ``memchat reindex --from chroma`` (or ``--from milvus``) copies every memory from
+the other kind of store, configured by the same settings, into the configured one, embedding it with the
+configured embedder: the way from an embedded Chroma to Milvus and back.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from tqdm import tqdm
 
 from graph.embeddings import STEmbeddings, load_embeddings
 from graph.settings import Settings
-from graph.vectorstore import ChromaMemory, make_chroma_client
+from graph.stores import make_client, make_memory, where
+from graph.vectorstore import ChromaMemory, MemoryDoc, VectorMemory, make_chroma_client
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ def reindex(settings: Settings, batch: int = 256, *, progress: bool = True,
         raise ValueError("batch must be at least 1")
     emb = embeddings or load_embeddings(settings.embedding_model, settings.embedding_query_prefix,
                                         settings.embedding_device)
+    if settings.vector_store == "milvus":
+        return _reindex_milvus(settings, emb, batch, progress, client)
     client = client or make_chroma_client(settings.chroma_url, settings.data_dir)
     name = settings.chroma_collection
     tmp_name, old_name = name + TMP_SUFFIX, name + OLD_SUFFIX
@@ -100,3 +108,65 @@ def reindex(settings: Settings, batch: int = 256, *, progress: bool = True,
         raise
     client.delete_collection(old_name)
     return len(ids)
+
+
+def _copy(docs: list[MemoryDoc], target: VectorMemory, batch: int, progress: bool, desc: str) -> None:
+    with tqdm(total=len(docs), desc=desc, unit="doc", disable=not progress) as bar:
+        for start in range(0, len(docs), batch):
+            target.add(docs[start:start + batch])
+            bar.update(len(docs[start:start + batch]))
+
+
+def _reindex_milvus(settings: Settings, emb: STEmbeddings, batch: int, progress: bool, client: Any | None) -> int:
+    """The same swap as for Chroma, on Milvus collections."""
+    from graph.milvus_store import MilvusMemory
+
+    client = client if client is not None else make_client(settings)
+    name = settings.milvus_collection
+    tmp_name, old_name = name + TMP_SUFFIX, name + OLD_SUFFIX
+    if not client.has_collection(name):
+        if not client.has_collection(old_name):
+            make_memory(settings, emb, client=client, check_embedder=False)
+            return 0
+        client.rename_collection(old_name, name)  # a previous run stopped between the two renames
+    if client.has_collection(tmp_name):
+        client.drop_collection(tmp_name)
+    docs = [d for d in make_memory(settings, emb, client=client, check_embedder=False).all_docs() if d.text.strip()]
+    new = make_memory(settings, emb, client=client, collection=tmp_name, check_embedder=False)
+    assert isinstance(new, MilvusMemory)
+    try:
+        _copy(docs, new, batch, progress, f"re-embedding with {emb.identity}")
+        if new.count() != len(docs):
+            raise RuntimeError(f"re-embedded {new.count()} of {len(docs)} memories; the store was left unchanged")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.drop_collection(tmp_name)
+        raise
+    if client.has_collection(old_name):
+        client.drop_collection(old_name)
+    client.rename_collection(name, old_name)
+    try:
+        client.rename_collection(tmp_name, name)
+    except BaseException:
+        client.rename_collection(old_name, name)
+        raise
+    client.drop_collection(old_name)
+    return len(docs)
+
+
+def copy_store(settings: Settings, source_kind: str, batch: int = 256, *, progress: bool = True,
+               embeddings: STEmbeddings | None = None) -> int:
+    """Copy every memory of the ``source_kind`` store into the configured one (re-embedded); return how many.
+
+    Ids are kept, so copying twice adds nothing. The source is left as it was.
+    """
+    source = settings.model_copy(update={"vector_store": source_kind})
+    if source_kind == settings.vector_store:
+        raise ValueError(f"--from {source_kind}: that is the configured store itself ({where(settings)})")
+    emb = embeddings or load_embeddings(settings.embedding_model, settings.embedding_query_prefix,
+                                        settings.embedding_device)
+    docs = [d for d in make_memory(source, emb, check_embedder=False).all_docs() if d.text.strip()]
+    log.info("copying %d memories from %s to %s", len(docs), where(source), where(settings))
+    target = make_memory(settings, emb)
+    _copy(docs, target, batch, progress, f"copying into {settings.vector_store} with {emb.identity}")
+    return len(docs)

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     checkpoint_url: str = Field("", description="SQLite path or postgresql:// URL; empty = <data_dir>/checkpoints.sqlite")
     chroma_url: str = Field("", description="Chroma server http://host:port; empty = embedded persistent store")
     chroma_collection: str = Field("memchat", description="Chroma collection name")
+    vector_store: Literal["chroma", "milvus"] = Field("chroma", description="Vector memory backend")
+    milvus_uri: str = Field("", description="Milvus Lite file path or http://host:19530; empty = <data_dir>/milvus.db")
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus token (user:password or API key)")
+    milvus_collection: str = Field("memchat", description="Milvus collection name")
+    milvus_index: str = Field("", description="Dense index type; empty = FLAT on Milvus Lite, HNSW on a server")
+    milvus_search: Literal["auto", "server", "process"] = Field(
+        "auto", description="Where Milvus memories are searched; auto = in process for a Lite file, else in Milvus")
     embedding_model: str = Field("", description="sentence-transformers id or path; empty = shipped all-MiniLM-L6-v2")
     embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
     embedding_device: str = Field("cpu")

@@ -91,7 +91,7 @@ def msg_id(thread_id: str, seq: int) -> str:
 
 
 class VectorMemory(Protocol):
-    """What memchat needs from a vector memory."""
+    """What memchat needs from a vector memory (:class:`ChromaMemory`, :class:`graph.milvus_store.MilvusMemory`)."""
 
     def add(self, docs: list[MemoryDoc]) -> None: ...
 
@@ -105,6 +105,12 @@ class VectorMemory(Protocol):
     def delete_user(self, user_id: str) -> int: ...
 
     def count(self) -> int: ...
+
+    def all_docs(self) -> list[MemoryDoc]: ...
+
+    def dense(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]: ...
+
+    def describe(self) -> str: ...
 
 
 class BM25Index:
@@ -435,6 +441,12 @@ class ChromaMemory:
         """Number of stored memories (all users)."""
         return int(self.col.count())
 
+    def describe(self) -> str:
+        """Collection, count and embedder (for ``memchat check``); BM25 and fusion run in process."""
+        meta = self.col.metadata or {}
+        return (f"collection {self.collection_name!r} ({meta.get('dim', self.embeddings.dim)} dims, BM25 in process) "
+                f"with {self.count()} memories; embedder {meta.get('embedder', self.embeddings.identity)}")
+
     # ---- reads ------------------------------------------------------------------------------
     def get_ids(self, ids: list[str]) -> list[MemoryDoc]:
         """Fetch documents by id (missing ids are skipped); served from process memory when loaded."""
@@ -547,26 +559,31 @@ class ChromaMemory:
             return [(scope.docs[int(i)], float(scores[i])) for i in top if scores[i] > 0]
 
     def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0) -> list[Hit]:
-        """Dense + BM25, each normalized over its candidates and added with weights; dense-only hits
-        need a cosine of at least ``min_score``."""
+        """Dense + BM25 over the user's in-process scope, fused by :func:`fuse`."""
         vec = self.embed_query(query)
         with self._lock:
             scope = self._scope(user_id)
             dense = self.dense(query, user_id, thread_id, k, vector=vec, scope=scope)
             sparse = self.sparse(query, user_id, thread_id, k, scope=scope)
-        hits: dict[str, Hit] = {}
-        if dense:
-            hi, lo = dense[0][1], dense[-1][1]
-            span = hi - lo
-            for doc, s in dense:
-                h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
-                h.dense = s
-                h.score += DENSE_WEIGHT * ((s - lo) / span if span > 1e-9 else 1.0)
-        if sparse:
-            top = sparse[0][1]
-            for doc, s in sparse:
-                h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
-                h.bm25 = s
-                h.score += BM25_WEIGHT * s / top
-        kept = [h for h in hits.values() if h.bm25 is not None or (h.dense or 0.0) >= min_score]
-        return sorted(kept, key=lambda h: (-h.score, h.doc.id))
+        return fuse(dense, sparse, min_score)
+
+
+def fuse(dense: list[tuple[MemoryDoc, float]], sparse: list[tuple[MemoryDoc, float]], min_score: float) -> list[Hit]:
+    """Dense + BM25, each normalized over its candidates and added with weights; dense-only hits
+    need a cosine of at least ``min_score``. Shared by every store, so both rank alike."""
+    hits: dict[str, Hit] = {}
+    if dense:
+        hi, lo = dense[0][1], dense[-1][1]
+        span = hi - lo
+        for doc, s in dense:
+            h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
+            h.dense = s
+            h.score += DENSE_WEIGHT * ((s - lo) / span if span > 1e-9 else 1.0)
+    if sparse:
+        top = sparse[0][1]
+        for doc, s in sparse:
+            h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
+            h.bm25 = s
+            h.score += BM25_WEIGHT * s / top
+    kept = [h for h in hits.values() if h.bm25 is not None or (h.dense or 0.0) >= min_score]
+    return sorted(kept, key=lambda h: (-h.score, h.doc.id))

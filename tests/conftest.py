@@ -39,6 +39,26 @@ def settings(tmp_path: Path) -> Settings:
                     llm_extraction="false", _env_file=None)  # type: ignore[call-arg]
 
 
+@pytest.fixture(params=["chroma", "milvus"])
+def vector_store(request: pytest.FixtureRequest) -> str:
+    """Each vector store kind: embedded Chroma, and Milvus Lite (the same contract, the same assertions)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_settings(settings: Settings, vector_store: str) -> Settings:
+    """``settings`` on the ``vector_store`` kind (Milvus Lite file in the temp data dir); ``milvus-server``
+    searches in Milvus (dense + BM25 function) instead of in process, as memchat does on a Milvus server."""
+    kind, _, search = vector_store.partition("-")
+    return settings.model_copy(update={"vector_store": kind, **({"milvus_search": search} if search else {})})
+
+
+@pytest.fixture
+def store_engine(store_settings: Settings, fake_llm: ScriptedChatModel) -> Engine:
+    """``engine`` on each vector store kind."""
+    return Engine(store_settings, llm=fake_llm)
+
+
 @pytest.fixture
 def fake_llm() -> ScriptedChatModel:
     """A scripted chat model."""
@@ -57,3 +77,11 @@ def memchat(engine: Engine) -> Iterator[object]:
     from graph.chat import MemChat
 
     yield MemChat(engine=engine)
+
+
+@pytest.fixture
+def store_memchat(store_engine: Engine) -> Iterator[object]:
+    """``memchat`` on each vector store kind."""
+    from graph.chat import MemChat
+
+    yield MemChat(engine=store_engine)

@@ -109,21 +109,21 @@ def test_slot_change_goes_to_tail_until_compaction(memchat: MemChat, fake_llm: S
     assert "#A1007" in memchat.context("t")["messages"][0]["content"]  # refrozen at compaction
 
 
-def test_failed_turn_rolls_back(memchat: MemChat, fake_llm: ScriptedChatModel, engine: Engine) -> None:
-    memchat.turn("t", "My name is Li Ming.", user_id="u")
-    before = memchat.state("t")
-    n_docs = engine.memory.count()
+def test_failed_turn_rolls_back(store_memchat: MemChat, fake_llm: ScriptedChatModel, store_engine: Engine) -> None:
+    store_memchat.turn("t", "My name is Li Ming.", user_id="u")
+    before = store_memchat.state("t")
+    n_docs = store_engine.memory.count()
     fake_llm.fail_kinds = {"respond"}
     with pytest.raises(Exception, match="timed out|failed"):
-        memchat.turn("t", "My order number is 55-771", user_id="u")
-    after = memchat.state("t")
+        store_memchat.turn("t", "My order number is 55-771", user_id="u")
+    after = store_memchat.state("t")
     assert after["turn"] == 1 and len(after["messages"]) == len(before["messages"])
     assert "fact:order_number" not in after["slots"]
-    assert engine.memory.count() == n_docs
+    assert store_engine.memory.count() == n_docs
     fake_llm.fail_kinds = set()
-    memchat.turn("t", "My order number is 55-771", user_id="u")
-    assert memchat.memory("t")["turns"] == 2
-    n2 = engine.memory.count()
+    store_memchat.turn("t", "My order number is 55-771", user_id="u")
+    assert store_memchat.memory("t")["turns"] == 2
+    n2 = store_engine.memory.count()
     # a retried turn after a rollback upserts the same ids: no duplicates
     assert n2 == n_docs + 3  # user turn, reply, one free fact
 
@@ -177,29 +177,29 @@ def test_truncation_marker(settings: Settings) -> None:
     assert "truncated" in sent and len(sent) < 1000
 
 
-def test_scoping_users_and_threads(memchat: MemChat, engine: Engine) -> None:
-    memchat.turn("a1", "My favourite fruit is durian and I keep bees.", user_id="alice")
-    memchat.turn("b1", "My favourite fruit is mango and I keep goats.", user_id="bob")
-    memchat.turn("a2", "Hello again.", user_id="alice")
-    items = engine.recall("favourite fruit bees goats", user_id="alice", thread_id="a2", budget_tokens=500)
+def test_scoping_users_and_threads(store_memchat: MemChat, store_engine: Engine) -> None:
+    store_memchat.turn("a1", "My favourite fruit is durian and I keep bees.", user_id="alice")
+    store_memchat.turn("b1", "My favourite fruit is mango and I keep goats.", user_id="bob")
+    store_memchat.turn("a2", "Hello again.", user_id="alice")
+    items = store_engine.recall("favourite fruit bees goats", user_id="alice", thread_id="a2", budget_tokens=500)
     texts = " ".join(i["text"] for i in items)
     assert "durian" in texts and "mango" not in texts and "goats" not in texts
     # raw turns are thread-scoped, facts user-scoped
     assert all(i["kind"] == "fact" or i["thread_id"] == "a2" for i in items)
-    other = engine.recall("favourite fruit", user_id="alice", thread_id="a1", budget_tokens=500)
+    other = store_engine.recall("favourite fruit", user_id="alice", thread_id="a1", budget_tokens=500)
     assert any(i["kind"] == "turn" and i["thread_id"] == "a1" for i in other)
 
 
-def test_forget_thread_and_user(memchat: MemChat, engine: Engine) -> None:
-    memchat.turn("a1", "My favourite fruit is durian.", user_id="alice")
-    memchat.turn("b1", "My favourite fruit is mango.", user_id="bob")
-    memchat.delete_thread("a1")
-    assert memchat.state("a1") == {}
-    assert not engine.recall("durian", user_id="alice", thread_id="a1", budget_tokens=500) or all(
-        i["kind"] == "fact" for i in engine.recall("durian", user_id="alice", thread_id="a1", budget_tokens=500))
-    memchat.delete_user("alice")
-    assert engine.recall("durian", user_id="alice", thread_id=None, budget_tokens=500) == []
-    assert engine.recall("mango", user_id="bob", thread_id="b1", budget_tokens=500)
+def test_forget_thread_and_user(store_memchat: MemChat, store_engine: Engine) -> None:
+    store_memchat.turn("a1", "My favourite fruit is durian.", user_id="alice")
+    store_memchat.turn("b1", "My favourite fruit is mango.", user_id="bob")
+    store_memchat.delete_thread("a1")
+    assert store_memchat.state("a1") == {}
+    assert not store_engine.recall("durian", user_id="alice", thread_id="a1", budget_tokens=500) or all(
+        i["kind"] == "fact" for i in store_engine.recall("durian", user_id="alice", thread_id="a1", budget_tokens=500))
+    store_memchat.delete_user("alice")
+    assert store_engine.recall("durian", user_id="alice", thread_id=None, budget_tokens=500) == []
+    assert store_engine.recall("mango", user_id="bob", thread_id="b1", budget_tokens=500)
 
 
 def test_user_profile_carries_to_new_thread(memchat: MemChat, fake_llm: ScriptedChatModel) -> None:

@@ -69,9 +69,9 @@ CONV = [
 ]
 
 
-def test_recall_neighbours_dates_and_budget(engine: Engine) -> None:
-    engine.store_docs(_turns("t1", CONV))
-    items = engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000)
+def test_recall_neighbours_dates_and_budget(store_engine: Engine) -> None:
+    store_engine.store_docs(_turns("t1", CONV))
+    items = store_engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000)
     ids = [it["id"] for it in items]
     assert msg_id("t1", 2) in ids
     assert msg_id("t1", 3) in ids  # a neighbour of the hit comes along
@@ -86,16 +86,16 @@ def test_recall_neighbours_dates_and_budget(engine: Engine) -> None:
     assert days[0] == items[0]["date"]
     # what recall reports as used is what the lines cost once rendered
     for budget in (25, 60, 120, 2000):
-        got = engine.recall("hiking espresso trail brand", user_id="u1", thread_id="t1", budget_tokens=budget)
-        cost = sum(engine.tokenizer.count(memory_line(it)) + 1 for it in got)
+        got = store_engine.recall("hiking espresso trail brand", user_id="u1", thread_id="t1", budget_tokens=budget)
+        cost = sum(store_engine.tokenizer.count(memory_line(it)) + 1 for it in got)
         assert cost <= budget
 
 
-def test_recall_excludes_and_scopes(engine: Engine) -> None:
-    engine.store_docs(_turns("t1", CONV))
-    engine.store_docs([MemoryDoc(id="x", text="Ben went hiking on Mars.", user_id="u2", thread_id="t9", kind="turn",
+def test_recall_excludes_and_scopes(store_engine: Engine) -> None:
+    store_engine.store_docs(_turns("t1", CONV))
+    store_engine.store_docs([MemoryDoc(id="x", text="Ben went hiking on Mars.", user_id="u2", thread_id="t9", kind="turn",
                                  speaker="Ben", seq=1)])
-    items = engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000,
+    items = store_engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000,
                           exclude_ids={msg_id("t1", 2)})
     ids = {it["id"] for it in items}
     assert msg_id("t1", 2) not in ids and "x" not in ids
