@@ -268,8 +268,11 @@ def demote_questions(hits: list[Hit], weight: float | None = None) -> list[Hit]:
     question like them). Best first again."""
     w = ASK_WEIGHT if weight is None else weight
     out = [Hit(doc=h.doc, score=h.score * w, dense=h.dense, bm25=h.bm25, neighbour_of=h.neighbour_of)
-           if h.doc.kind == "turn" and asks(h.doc.text) else h for h in hits]
+           if h.doc.kind == "turn" and _asks(h.doc.text) else h for h in hits]
     return sorted(out, key=lambda h: (-h.score, h.doc.id))
+
+
+_asks = lru_cache(maxsize=16384)(asks)  # the same stored lines are hits turn after turn
 
 
 def short_date(stored: str) -> str:
