@@ -12,7 +12,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from graph.prompt import Budget, memory_line
-from graph.recall_policy import content_free
+from graph.recall_policy import asks, content_free
 from graph.settings import Settings, get_settings
 from graph.tokens import TokenCounter, load_tokenizer
 from graph.vectorstore import Hit, MemoryDoc, VectorMemory, msg_id
@@ -121,7 +121,7 @@ class Engine:
         exclude = exclude_ids or set()
         hits = self._as_messages(self.memory.search(query, user_id, thread_id, s.memory_candidates,
                                                     min_score=s.memory_min_score), thread_id)
-        hits = [h for h in hits if h.doc.id not in exclude]
+        hits = demote_questions([h for h in hits if h.doc.id not in exclude])
         if hits:  # a hit far weaker than the best unseen one is noise for this query
             floor = MIN_RELATIVE_SCORE * hits[0].score
             hits = [h for h in hits if h.score >= floor]
@@ -259,6 +259,20 @@ MIN_RELATIVE_SCORE = 0.3  # hits below this share of the best hit's score are dr
 ANSWER_WEIGHT = 0.85  # the reply to a user line that is a hit
 NEIGHBOUR_WEIGHT = 0.85  # a neighbour's score, relative to the hit it sits next to
 NEIGHBOUR_DECAY = 0.7  # and per further step away
+ASK_WEIGHT = 0.25  # a hit that only asks (an earlier question), relative to a statement
+
+
+def demote_questions(hits: list[Hit], weight: float | None = None) -> list[Hit]:
+    """A message that only asks holds no answer (its reply and the turns around it may): its score is
+    multiplied by ``weight`` (earlier questions on the thread otherwise outrank the evidence for a new
+    question like them). Best first again."""
+    w = ASK_WEIGHT if weight is None else weight
+    out = [Hit(doc=h.doc, score=h.score * w, dense=h.dense, bm25=h.bm25, neighbour_of=h.neighbour_of)
+           if h.doc.kind == "turn" and _asks(h.doc.text) else h for h in hits]
+    return sorted(out, key=lambda h: (-h.score, h.doc.id))
+
+
+_asks = lru_cache(maxsize=16384)(asks)  # the same stored lines are hits turn after turn
 
 
 def short_date(stored: str) -> str:

@@ -125,3 +125,12 @@ def test_store_reuses_query_vector_and_sees_foreign_writes(engine: Engine, tmp_p
                          thread_id="t1", kind="turn", speaker="user", seq=4)])
     hits = mem.search("sourdough starter name", "u1", "t1", k=5)
     assert hits and hits[0].doc.id == msg_id("t1", 4)
+
+
+def test_earlier_question_ranks_below_the_evidence(engine: Engine) -> None:
+    """A stored message that only asks holds no answer: asked again, the statements outrank it."""
+    asked = ("Ana", "Which trail did Ben take in the Dolomites?", "2023-07-01 10:00")
+    engine.store_docs(_turns("t1", [*CONV, asked]))
+    items = engine.recall(asked[1], user_id="u1", thread_id="t1", budget_tokens=2000)
+    score = {it["seq"]: it["score"] for it in items}
+    assert score[2] > score.get(8, 0.0) and score[4] > score.get(8, 0.0)
