@@ -21,7 +21,7 @@ def test_notebook_is_stored_without_outputs() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1200)
 def test_notebook_executes(tmp_path: Path) -> None:
     import nbformat
     from nbclient import NotebookClient
@@ -32,7 +32,7 @@ def test_notebook_executes(tmp_path: Path) -> None:
     os.environ["PYTHONPATH"] = str(root) + (os.pathsep + env_path if env_path else "")
     try:
         # the "python3" kernel is this interpreter (the venv's), so the notebook sees memchat
-        client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}})
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(root)}})
         client.execute()
     finally:
         os.environ["PYTHONPATH"] = env_path
