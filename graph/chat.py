@@ -74,7 +74,7 @@ class MemChat:
             conf["llm_params"] = llm_params
         if context:
             conf["request_context"] = context  # this request only: rendered in the tail, never stored
-        if self.settings.background_summaries:
+        if self.settings.summaries_in_background:
             conf["background_summaries"] = True  # the summarize node applies summaries made after the last reply
         return {"configurable": conf, "recursion_limit": 25}
 
@@ -164,7 +164,7 @@ class MemChat:
                 self._rollback(thread_id, pre)
                 raise
             self._flush(final)  # vector memory last: nothing after it can fail the turn
-            if self.settings.background_summaries:  # the next compaction's summaries, off the hot path
+            if self.settings.summaries_in_background:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
             schedule_extraction(self.engine, thread_id, final)  # LLM slot tier, applied by the next turn
             ctx = dict(final.get("context") or {})

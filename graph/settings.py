@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         return mode == "true" or (mode == "auto" and not self.embedded)
 
     @property
+    def summaries_in_background(self) -> bool:
+        """Whether summaries are computed after the reply: against a remote backend only (the embedded llama.cpp
+        server answers one request at a time, so a background call only queues before the next turn's)."""
+        return bool(self.background_summaries) and not self.embedded
+
+    @property
     def embedded(self) -> bool:
         """True when memchat runs its own llama.cpp server."""
         return not self.llm_base_url
