@@ -103,6 +103,22 @@ def probe_backend(settings: Settings, base_url: str | None = None) -> BackendInf
     return BackendInfo(base_url=url, model=model, context_length=int(ctx) if ctx else None, kind=kind)
 
 
+class LlamaCppChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` for llama-cpp-python's server, which knows ``max_tokens`` but not ``max_completion_tokens``.
+
+    The server silently ignores the newer name and generates until its context is full (8K tokens of
+    a looping base model: minutes at 100 % CPU, while the client times out, retries and queues behind
+    it). Every reply cap memchat sets (reply, summary, extraction) goes through this payload.
+    """
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        cap = payload.pop("max_completion_tokens", None)
+        if cap is not None:
+            payload["max_tokens"] = cap
+        return payload
+
+
 def make_chat_model(settings: Settings, base_url: str | None = None, **overrides: Any) -> BaseChatModel:
     """A ``ChatOpenAI`` for the configured (or embedded) server, streaming usage included."""
     url = base_url or resolve_base_url(settings)
@@ -119,7 +135,7 @@ def make_chat_model(settings: Settings, base_url: str | None = None, **overrides
         stop_sequences=stop,
     )
     kwargs.update(overrides)
-    return ChatOpenAI(**kwargs)
+    return LlamaCppChatOpenAI(**kwargs) if settings.embedded else ChatOpenAI(**kwargs)
 
 
 def cached_tokens(message: BaseMessage) -> int | None:

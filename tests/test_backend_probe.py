@@ -144,3 +144,19 @@ def test_check_all_reports_each_failure(tmp_path: Path, capsys: pytest.CaptureFi
     assert "unreachable" in lines[0]
     assert "cannot connect to PostgreSQL" in lines[1] and ":pw@" not in out
     assert "MEMCHAT_CHROMA_URL" in lines[2]
+
+
+def test_embedded_reply_caps_reach_llama_cpp_as_max_tokens(stub: StubURL, tmp_path: Path) -> None:
+    """llama-cpp-python's server ignores ``max_completion_tokens`` and generated until its context was full."""
+    settings = Settings(data_dir=tmp_path / "data", llm_api_key=SecretStr(KEY), llm_max_tokens=17,
+                        _env_file=None)  # type: ignore[call-arg]
+    assert settings.embedded
+    model = make_chat_model(settings, base_url=stub)
+    stub.state.requests_log.clear()
+    model.invoke("hello")
+    model.bind(max_completion_tokens=5).invoke("hi")  # how summaries and extraction cap their calls
+    bodies = [b for b in stub.state.requests_log if "messages" in b]
+    assert [b.get("max_tokens") for b in bodies] == [17, 5]
+    assert all("max_completion_tokens" not in b for b in bodies)
+    remote = make_chat_model(_settings(tmp_path, stub), base_url=stub)  # SGLang & co. take the current name
+    assert remote._get_request_payload([("user", "x")])["max_completion_tokens"] == 256  # type: ignore[attr-defined]
