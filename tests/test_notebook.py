@@ -21,9 +21,6 @@ def test_notebook_is_stored_without_outputs() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not os.environ.get("MEMCHAT_RUN_NOTEBOOK"),
-                    reason="known regression: the embedded llama.cpp server stops answering during the notebook's "
-                           "40 turns (> 900 s); run with MEMCHAT_RUN_NOTEBOOK=1 while it is fixed")
 @pytest.mark.timeout(1200)
 def test_notebook_executes(tmp_path: Path) -> None:
     import nbformat
