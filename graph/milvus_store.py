@@ -244,6 +244,13 @@ class MilvusMemory:
         """Number of stored memories (all users)."""
         return self._count()
 
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]:
+        """A thread's thread-scoped memories and its user's user-scoped ones."""
+        out = {"thread": self._count(f'thread_id == {quote(thread_id)} and scope == "thread"'), "user": 0}
+        if user_id:
+            out["user"] = self._count(f'user_id == {quote(user_id)} and scope == "user"')
+        return out
+
     # ---- reads --------------------------------------------------------------------------------
     def ids(self, expr: str = "") -> list[str]:
         """Ids of the documents matching ``expr`` (all when empty)."""

@@ -106,6 +106,8 @@ class VectorMemory(Protocol):
 
     def count(self) -> int: ...
 
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]: ...
+
     def all_docs(self) -> list[MemoryDoc]: ...
 
     def dense(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]: ...
@@ -440,6 +442,15 @@ class ChromaMemory:
     def count(self) -> int:
         """Number of stored memories (all users)."""
         return int(self.col.count())
+
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]:
+        """A thread's thread-scoped memories and its user's user-scoped ones."""
+        thread: Any = {"$and": [{"thread_id": thread_id}, {"scope": "thread"}]}
+        out = {"thread": len(self.col.get(where=thread, include=[])["ids"]), "user": 0}
+        if user_id:
+            user: Any = {"$and": [{"user_id": user_id}, {"scope": "user"}]}
+            out["user"] = len(self.col.get(where=user, include=[])["ids"])
+        return out
 
     def describe(self) -> str:
         """Collection, count and embedder (for ``memchat check``); BM25 and fusion run in process."""

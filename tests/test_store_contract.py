@@ -85,7 +85,10 @@ def test_upsert_is_idempotent(store_engine: Engine) -> None:
 def test_delete_thread_and_user(store_engine: Engine) -> None:
     mem = store_engine.memory
     mem.add(CORPUS)
+    assert mem.scope_counts("t1", "u1") == {"thread": 2, "user": 1}
+    assert mem.scope_counts("t\\4", 'u"3') == {"thread": 1, "user": 0}
     assert mem.delete_thread("t1") == 2
+    assert mem.scope_counts("t1", "u1") == {"thread": 0, "user": 1}
     assert {d.id for d in mem.all_docs()} == {"b1", "f1", "c1", "q1"}
     assert not _ids(mem.search("hiking trip Alps", "u1", "t1", k=5)) & {"a1", "a2"}
     assert mem.delete_thread("t1") == 0
