@@ -128,9 +128,18 @@ class Scopes:
         """The user's scope when it is loaded (no load, no sync)."""
         return self._held.get(user_id)
 
-    def loaded(self) -> list[_Scope]:
-        """The scopes held now."""
-        return list(self._held.values())
+    def find(self, ids: list[str], sync: bool = False) -> dict[str, MemoryDoc]:
+        """Those of ``ids`` held in a loaded scope (live ones); with ``sync``, after checking the stamp."""
+        found: dict[str, MemoryDoc] = {}
+        with self.lock:
+            if sync:
+                self._sync()
+            for scope in self._held.values():
+                for i in ids:
+                    p = scope.pos.get(i)
+                    if p is not None and scope.bm25.alive[p]:
+                        found[i] = scope.docs[p]
+        return found
 
     def drop(self, user_id: str) -> None:
         """Drop one user's scope (the next use reloads it)."""
@@ -143,12 +152,15 @@ class Scopes:
             self._held.clear()
             self.seen = seen
 
+    def _sync(self) -> None:
+        stamp = self._stamp()
+        if stamp != self.seen:
+            self.reset(stamp)
+
     def get(self, user_id: str) -> _Scope:
         """The user's scope, loaded from the store when not held or when the store changed."""
         with self.lock:
-            stamp = self._stamp()
-            if stamp != self.seen:
-                self.reset(stamp)
+            self._sync()
             scope = self._held.get(user_id)
             if scope is not None:
                 self._held.move_to_end(user_id)

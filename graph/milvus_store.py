@@ -236,8 +236,12 @@ class MilvusMemory:
         return out
 
     def get_ids(self, ids: list[str]) -> list[MemoryDoc]:
-        """Fetch documents by id (missing ids are skipped), in the order asked."""
-        found = {d.id: d for d, _ in self.fetch(list(dict.fromkeys(ids)))}
+        """Fetch documents by id (missing ids are skipped), in the order asked; from the in-process scopes
+        when they hold them (a Lite file: every writer is in this process), else from Milvus."""
+        found = self.local.scopes.find(ids, sync=True) if self.local is not None and self.local.exact else {}
+        rest = [i for i in dict.fromkeys(ids) if i not in found]
+        if rest:
+            found.update({d.id: d for d, _ in self.fetch(rest)})
         return [found[i] for i in ids if i in found]
 
     def all_docs(self, where: str = "") -> list[MemoryDoc]:

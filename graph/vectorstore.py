@@ -387,13 +387,7 @@ class ChromaMemory:
         """Fetch documents by id (missing ids are skipped); served from process memory when loaded."""
         if not ids:
             return []
-        found: dict[str, MemoryDoc] = {}
-        with self._lock:
-            for scope in self.scopes.loaded():
-                for i in ids:
-                    p = scope.pos.get(i)
-                    if p is not None and scope.bm25.alive[p]:
-                        found[i] = scope.docs[p]
+        found = self.scopes.find(ids)
         rest = [i for i in ids if i not in found]
         if rest:
             res = self.col.get(ids=rest, include=["documents", "metadatas"])
