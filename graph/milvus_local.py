@@ -12,12 +12,11 @@ tells when another handle wrote; for a Milvus server without full-text search th
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from graph.vectorstore import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, MemoryDoc, _matvec, _Scope
+from graph.memory_index import Scopes, dense_top, sparse_top
+from graph.vectorstore import MemoryDoc, _Scope
 
 if TYPE_CHECKING:
     from graph.milvus_store import MilvusMemory
@@ -38,95 +37,61 @@ def _generation(key: tuple[str, str]) -> int:
 
 
 class LocalIndex:
-    """Per-user scopes (least recently used dropped) over a Milvus collection."""
+    """Per-user scopes (:class:`graph.memory_index.Scopes`) over a Milvus collection."""
 
     def __init__(self, mem: MilvusMemory, exact: bool) -> None:
         self.mem = mem
         self.exact = exact  # every writer is in this process (a Milvus Lite file)
         self.key = (mem.uri, mem.collection_name)
-        self._scopes: OrderedDict[str, _Scope] = OrderedDict()
-        self._lock = threading.RLock()
-        self._seen = -1
+        self.scopes = Scopes(lambda with_vectors: _Scope(mem.dim, with_vectors), self._user_ids, self._rows,
+                             self._stamp)
+
+    def _stamp(self) -> int:
+        return _generation(self.key) if self.exact else self.mem.count()
+
+    def _user_ids(self, user_id: str) -> list[str]:
+        from graph.milvus_store import quote
+
+        return self.mem.ids(f"user_id == {quote(user_id)}")
+
+    def _rows(self, ids: list[str], with_vectors: bool) -> Iterable[tuple[MemoryDoc, Any]]:
+        return self.mem.fetch(ids, vectors=with_vectors)
 
     def wrote(self, docs: list[MemoryDoc], vectors: list[list[float]]) -> None:
         """After an upsert: update the loaded scopes in place (or drop them when another handle wrote)."""
-        with self._lock:
+        with self.scopes.lock:
             if not self.exact:
                 for d in docs:
-                    self._scopes.pop(d.user_id, None)
+                    self.scopes.drop(d.user_id)
                 return
             new = _bump(self.key)
-            if self._seen == new - 1:
-                for d, v in zip(docs, vectors):
-                    scope = self._scopes.get(d.user_id)
-                    if scope is not None:
-                        scope.put(d, v)
-            else:
-                self._scopes.clear()
-            self._seen = new
+            if self.scopes.seen != new - 1:
+                self.scopes.reset(new)
+                return
+            for d, v in zip(docs, vectors):
+                scope = self.scopes.held(d.user_id)
+                if scope is not None:
+                    scope.put(d, v)
+            self.scopes.seen = new
 
     def deleted(self) -> None:
-        with self._lock:
-            self._scopes.clear()
+        with self.scopes.lock:
+            self.scopes.reset()
             if self.exact:
                 _bump(self.key)
 
-    def _sync(self) -> None:
-        stamp = _generation(self.key) if self.exact else self.mem.count()
-        if stamp != self._seen:
-            self._scopes.clear()
-            self._seen = stamp
-
     def scope(self, user_id: str) -> _Scope:
         """The user's documents, vectors and BM25 index, loaded from Milvus when not held."""
-        from graph.milvus_store import quote
-
-        with self._lock:
-            self._sync()
-            scope = self._scopes.get(user_id)
-            if scope is not None:
-                self._scopes.move_to_end(user_id)
-                return scope
-            ids = self.mem.ids(f"user_id == {quote(user_id)}")
-            with_vectors = len(ids) <= VECTORS_IN_MEMORY_MAX
-            scope = _Scope(self.mem.dim, with_vectors)
-            for doc, vec in self.mem.fetch(ids, vectors=with_vectors):
-                scope.put(doc, vec)
-            self._scopes[user_id] = scope
-            while len(self._scopes) > MAX_SCOPES:
-                self._scopes.popitem(last=False)
-            return scope
+        return self.scopes.get(user_id)
 
     def dense(self, vec: list[float], user_id: str, thread_id: str | None, k: int
               ) -> list[tuple[MemoryDoc, float]] | None:
         """Exact cosine top-k in process; ``None`` when the user has too many memories to hold vectors."""
-        with self._lock:
-            scope = self.scope(user_id)
-            if not scope.with_vectors:
-                return None
-            n = scope.bm25.size
-            mask = scope.visible(thread_id) if n else np.zeros(0, dtype=bool)
-            if not n or not mask.any():
-                return []
-            sims = _matvec(scope.vecs[:n], np.asarray(vec, dtype=np.float32))
-            sims[~mask] = -np.inf
-            kk = min(max(1, k), int(mask.sum()))
-            top = np.argpartition(-sims, kk - 1)[:kk]
-            top = top[np.argsort(-sims[top], kind="stable")]
-            return [(scope.docs[int(i)], float(sims[i])) for i in top]
+        with self.scopes.lock:
+            scope = self.scopes.get(user_id)
+            return dense_top(scope, vec, thread_id, k) if scope.with_vectors else None
 
     def sparse(self, toks: list[str], user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
         """BM25 top-k over the user's memories, as :meth:`ChromaMemory.sparse`."""
-        with self._lock:
-            scope = self.scope(user_id)
-            if not scope.bm25.size:
-                return []
-            scores: Any = scope.bm25.scores(toks)
-            scores[~scope.visible(thread_id)] = 0.0
-            pos = int((scores > 0).sum())
-            if not pos:
-                return []
-            kk = min(max(1, k), pos)
-            top = np.argpartition(-scores, kk - 1)[:kk]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return [(scope.docs[int(i)], float(scores[i])) for i in top if scores[i] > 0]
+        with self.scopes.lock:
+            return sparse_top(self.scopes.get(user_id), toks, thread_id, k)

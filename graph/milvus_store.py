@@ -28,23 +28,13 @@ import json
 import logging
 import re
 import threading
-from collections import OrderedDict
 from typing import Any
 
 from graph.embeddings import STEmbeddings
+from graph.memory_index import EmbedCache
 from graph.milvus_local import LocalIndex
 from graph.textproc import tokenize
-from graph.vectorstore import (
-    QUERY_CACHE,
-    SMALL_BATCH,
-    EmbedderMismatch,
-    Hit,
-    MemoryDoc,
-    _few_threads,
-    bm25_tokens,
-    fuse,
-    stem,
-)
+from graph.vectorstore import EmbedderMismatch, Hit, MemoryDoc, bm25_tokens, fuse, stem
 
 MAX_VARCHAR = 65_535  # bytes, Milvus' largest VARCHAR
 PAGE = 1000
@@ -112,8 +102,7 @@ class MilvusMemory:
         self.server_version = str(client.get_server_version())
         self.lite = "lite" in self.server_version.lower()
         self._lock = threading.RLock()
-        self._qcache: OrderedDict[str, list[float]] = OrderedDict()
-        self._same_space = not (getattr(embeddings, "query_prefix", "") or "")
+        self.cache = EmbedCache(embeddings)
         self.index = index or ("FLAT" if self.lite else "HNSW")
         if not client.has_collection(collection):
             self._create(full_text_supported(self.server_version))
@@ -165,30 +154,8 @@ class MilvusMemory:
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_query(self, text: str) -> list[float]:
-        """Query vector, cached: a user message embedded to search is not embedded again to store it."""
-        with self._lock:
-            vec = self._qcache.get(text)
-            if vec is not None:
-                self._qcache.move_to_end(text)
-                return vec
-        with _few_threads():
-            vec = self.embeddings.embed_query(text)
-        with self._lock:
-            self._qcache[text] = vec
-            while len(self._qcache) > QUERY_CACHE:
-                self._qcache.popitem(last=False)
-        return vec
-
-    def _embed_docs(self, texts: list[str]) -> list[list[float]]:
-        with self._lock:
-            out = [self._qcache.get(t) if self._same_space else None for t in texts]
-        todo = [i for i, v in enumerate(out) if v is None]
-        if todo:
-            with _few_threads(len(todo) <= SMALL_BATCH):
-                vecs = self.embeddings.embed_documents([texts[i] for i in todo])
-            for i, v in zip(todo, vecs):
-                out[i] = v
-        return [v for v in out if v is not None]
+        """Query vector, cached (:class:`graph.memory_index.EmbedCache`)."""
+        return self.cache.query(text)
 
     # ---- rows ---------------------------------------------------------------------------------
     def _row(self, d: MemoryDoc, vec: list[float]) -> dict[str, Any]:
@@ -213,7 +180,7 @@ class MilvusMemory:
         if not uniq:
             return
         docs = list(uniq.values())
-        vectors = self._embed_docs([d.text for d in docs])
+        vectors = self.cache.docs([d.text for d in docs])
         self.client.upsert(self.collection_name, [self._row(d, v) for d, v in zip(docs, vectors)])
         if self.local is not None:
             self.local.wrote(docs, vectors)
@@ -231,7 +198,7 @@ class MilvusMemory:
             n = self._count(expr)
             if n:
                 self.client.delete(self.collection_name, filter=expr)
-            self._qcache.clear()
+            self.cache.clear()
             if self.local is not None:
                 self.local.deleted()
             return n
@@ -243,6 +210,13 @@ class MilvusMemory:
     def count(self) -> int:
         """Number of stored memories (all users)."""
         return self._count()
+
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]:
+        """A thread's thread-scoped memories and its user's user-scoped ones."""
+        out = {"thread": self._count(f'thread_id == {quote(thread_id)} and scope == "thread"'), "user": 0}
+        if user_id:
+            out["user"] = self._count(f'user_id == {quote(user_id)} and scope == "user"')
+        return out
 
     # ---- reads --------------------------------------------------------------------------------
     def ids(self, expr: str = "") -> list[str]:
@@ -262,8 +236,12 @@ class MilvusMemory:
         return out
 
     def get_ids(self, ids: list[str]) -> list[MemoryDoc]:
-        """Fetch documents by id (missing ids are skipped), in the order asked."""
-        found = {d.id: d for d, _ in self.fetch(list(dict.fromkeys(ids)))}
+        """Fetch documents by id (missing ids are skipped), in the order asked; from the in-process scopes
+        when they hold them (a Lite file: every writer is in this process), else from Milvus."""
+        found = self.local.scopes.find(ids, sync=True) if self.local is not None and self.local.exact else {}
+        rest = [i for i in dict.fromkeys(ids) if i not in found]
+        if rest:
+            found.update({d.id: d for d, _ in self.fetch(rest)})
         return [found[i] for i in ids if i in found]
 
     def all_docs(self, where: str = "") -> list[MemoryDoc]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 from langchain_chroma import Chroma
 
 from graph.embeddings import STEmbeddings
+from graph.memory_index import EmbedCache, Scopes, dense_top, sparse_top
 from graph.textproc import tokenize
 
 # Fusion: each retriever's scores are normalized to [0, 1] over its own candidates (dense: min-max of
@@ -27,10 +26,6 @@ DENSE_WEIGHT = 1.0
 BM25_WEIGHT = 1.5
 BM25_K1 = 1.5
 BM25_B = 0.75
-MAX_SCOPES = 32  # users whose memories are kept in process (least recently used are dropped)
-VECTORS_IN_MEMORY_MAX = 100_000  # above this many memories a user's dense search goes to Chroma
-QUERY_CACHE = 64
-SMALL_BATCH = 8  # up to this many texts are embedded on one torch thread
 
 
 class EmbedderMismatch(RuntimeError):
@@ -105,6 +100,8 @@ class VectorMemory(Protocol):
     def delete_user(self, user_id: str) -> int: ...
 
     def count(self) -> int: ...
+
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]: ...
 
     def all_docs(self) -> list[MemoryDoc]: ...
 
@@ -248,47 +245,6 @@ class _Scope:
         return mask
 
 
-def _matvec(m: np.ndarray, v: np.ndarray, rows: int = 1024) -> np.ndarray:
-    """``m @ v`` in blocks small enough that BLAS stays on one thread.
-
-    A 10K x 384 product takes 0.3 ms, but OpenBLAS threads it, and next to other work on 2 cores
-    its p95 was 40 ms; 1K-row blocks: p50 0.5 ms, p95 0.6 ms.
-    """
-    out = np.empty(len(m), dtype=np.float32)
-    for i in range(0, len(m), rows):
-        np.dot(m[i:i + rows], v, out=out[i:i + rows])
-    return out
-
-
-@contextmanager
-def _few_threads(active: bool = True) -> Iterator[None]:
-    """Embed a few short texts on one torch thread.
-
-    For a message or two, more threads buy nothing but synchronisation, and on a busy machine (an
-    LLM server on the same cores) a multi-threaded forward pass waits for every thread: measured on 2
-    cores next to other work, p95 of one query embedding 369 ms with 2 threads, 23 ms with 1.
-    Batches (pre-fills, re-indexing) keep torch's setting.
-    """
-    if not active:
-        yield
-        return
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with _torch_lock:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-
-_torch_lock = threading.Lock()
-
-
 def bm25_tokens(doc: MemoryDoc) -> list[str]:
     """What BM25 indexes: the speaker's name (for turns) and the text, stemmed."""
     text = f"{doc.speaker} {doc.text}" if doc.kind == "turn" and doc.speaker else doc.text
@@ -349,41 +305,15 @@ class ChromaMemory:
                 f"vector store {collection!r} was built with embedder {existing.get('embedder')!r}, "
                 f"but MEMCHAT_EMBEDDING_MODEL is {embeddings.identity!r}; run `memchat reindex` to re-embed it"
             )
-        self._lock = threading.RLock()
-        self._scopes: OrderedDict[str, _Scope] = OrderedDict()
-        self._known_count = -1
-        self._qcache: OrderedDict[str, list[float]] = OrderedDict()
-        self._same_space = not (getattr(embeddings, "query_prefix", "") or "")
+        self.cache = EmbedCache(embeddings)
+        self.scopes = Scopes(lambda with_vectors: _Scope(embeddings.dim, with_vectors), self._user_ids, self._rows,
+                             self.col.count)
+        self._lock = self.scopes.lock
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_query(self, text: str) -> list[float]:
-        """Query vector, cached: a user message embedded to search is not embedded again to store it."""
-        with self._lock:
-            vec = self._qcache.get(text)
-            if vec is not None:
-                self._qcache.move_to_end(text)
-                return vec
-        with _few_threads():
-            vec = self.embeddings.embed_query(text)
-        with self._lock:
-            self._qcache[text] = vec
-            while len(self._qcache) > QUERY_CACHE:
-                self._qcache.popitem(last=False)
-        return vec
-
-    def _embed_docs(self, texts: list[str]) -> list[list[float]]:
-        out: list[list[float] | None] = [None] * len(texts)
-        if self._same_space:  # no query prefix: a query vector is the document vector
-            with self._lock:
-                for i, t in enumerate(texts):
-                    out[i] = self._qcache.get(t)
-        todo = [i for i, v in enumerate(out) if v is None]
-        if todo:
-            with _few_threads(len(todo) <= SMALL_BATCH):
-                vecs = self.embeddings.embed_documents([texts[i] for i in todo])
-            for i, v in zip(todo, vecs):
-                out[i] = v
-        return [v for v in out if v is not None]
+        """Query vector, cached (:class:`graph.memory_index.EmbedCache`)."""
+        return self.cache.query(text)
 
     # ---- writes -----------------------------------------------------------------------------
     def add(self, docs: list[MemoryDoc]) -> None:
@@ -393,13 +323,13 @@ class ChromaMemory:
             return
         uniq = {d.id: d for d in docs}
         docs = list(uniq.values())
-        vectors = self._embed_docs([d.text for d in docs])
+        vectors = self.cache.docs([d.text for d in docs])
         with self._lock:
             # which ids are new (for the count that detects foreign writes): a loaded user's memories are
             # all in process, so only ids of users not loaded are asked of Chroma
             new_ids, ask = 0, []
             for d in docs:
-                scope = self._scopes.get(d.user_id)
+                scope = self.scopes.held(d.user_id)
                 if scope is None:
                     ask.append(d.id)
                 elif d.id not in scope.pos:
@@ -408,16 +338,12 @@ class ChromaMemory:
                 new_ids += len(ask) - len(self.col.get(ids=ask, include=[])["ids"])
             self.col.upsert(ids=[d.id for d in docs], documents=[d.text for d in docs],
                             metadatas=[d.metadata() for d in docs], embeddings=vectors)  # type: ignore[arg-type]
-            if self._known_count >= 0:
-                self._known_count += new_ids
+            if self.scopes.seen >= 0:
+                self.scopes.seen += new_ids
             for d, v in zip(docs, vectors):
-                scope = self._scopes.get(d.user_id)
+                scope = self.scopes.held(d.user_id)
                 if scope is not None:
                     scope.put(d, v)
-
-    def _invalidate(self) -> None:
-        self._scopes.clear()
-        self._known_count = self.col.count()
 
     def delete_thread(self, thread_id: str) -> int:
         """Forget a thread's thread-scoped memories."""
@@ -433,13 +359,22 @@ class ChromaMemory:
             ids = self.col.get(where=where, include=[])["ids"]
             if ids:
                 self.col.delete(ids=ids)
-            self._invalidate()
-            self._qcache.clear()
+            self.scopes.reset(self.col.count())
+            self.cache.clear()
             return len(ids)
 
     def count(self) -> int:
         """Number of stored memories (all users)."""
         return int(self.col.count())
+
+    def scope_counts(self, thread_id: str, user_id: str | None) -> dict[str, int]:
+        """A thread's thread-scoped memories and its user's user-scoped ones."""
+        thread: Any = {"$and": [{"thread_id": thread_id}, {"scope": "thread"}]}
+        out = {"thread": len(self.col.get(where=thread, include=[])["ids"]), "user": 0}
+        if user_id:
+            user: Any = {"$and": [{"user_id": user_id}, {"scope": "user"}]}
+            out["user"] = len(self.col.get(where=user, include=[])["ids"])
+        return out
 
     def describe(self) -> str:
         """Collection, count and embedder (for ``memchat check``); BM25 and fusion run in process."""
@@ -452,13 +387,7 @@ class ChromaMemory:
         """Fetch documents by id (missing ids are skipped); served from process memory when loaded."""
         if not ids:
             return []
-        found: dict[str, MemoryDoc] = {}
-        with self._lock:
-            for scope in self._scopes.values():
-                for i in ids:
-                    p = scope.pos.get(i)
-                    if p is not None and scope.bm25.alive[p]:
-                        found[i] = scope.docs[p]
+        found = self.scopes.find(ids)
         rest = [i for i in ids if i not in found]
         if rest:
             res = self.col.get(ids=rest, include=["documents", "metadatas"])
@@ -472,35 +401,18 @@ class ChromaMemory:
         return [MemoryDoc.from_chroma(i, t or "", dict(m or {}))
                 for i, t, m in zip(res["ids"], res["documents"] or [], res["metadatas"] or [])]
 
-    def _sync(self) -> None:
-        """Drop the in-process copies when another process changed the collection."""
-        total = self.col.count()
-        if total != self._known_count:
-            self._scopes.clear()
-            self._known_count = total
+    def _user_ids(self, user_id: str) -> list[str]:
+        where: Any = {"user_id": user_id}
+        return list(self.col.get(where=where, include=[])["ids"])
 
-    def _scope(self, user_id: str) -> _Scope:
-        with self._lock:
-            self._sync()
-            scope = self._scopes.get(user_id)
-            if scope is not None:
-                self._scopes.move_to_end(user_id)
-                return scope
-            where: Any = {"user_id": user_id}
-            ids = self.col.get(where=where, include=[])["ids"]
-            with_vectors = len(ids) <= VECTORS_IN_MEMORY_MAX
-            scope = _Scope(self.embeddings.dim, with_vectors)
-            include = ["documents", "metadatas"] + (["embeddings"] if with_vectors else [])
-            for start in range(0, len(ids), 5000):
-                res = self.col.get(ids=ids[start:start + 5000], include=include)  # type: ignore[arg-type]
-                got: Any = res.get("embeddings")
-                vecs: list[Any] = list(got) if got is not None else [None] * len(res["ids"])
-                for i, t, m, v in zip(res["ids"], res["documents"] or [], res["metadatas"] or [], vecs):
-                    scope.put(MemoryDoc.from_chroma(i, t or "", dict(m or {})), v)
-            self._scopes[user_id] = scope
-            while len(self._scopes) > MAX_SCOPES:
-                self._scopes.popitem(last=False)
-            return scope
+    def _rows(self, ids: list[str], with_vectors: bool) -> Iterable[tuple[MemoryDoc, Any]]:
+        include = ["documents", "metadatas"] + (["embeddings"] if with_vectors else [])
+        for start in range(0, len(ids), 5000):
+            res = self.col.get(ids=ids[start:start + 5000], include=include)  # type: ignore[arg-type]
+            got: Any = res.get("embeddings")
+            vecs: list[Any] = list(got) if got is not None else [None] * len(res["ids"])
+            for i, t, m, v in zip(res["ids"], res["documents"] or [], res["metadatas"] or [], vecs):
+                yield MemoryDoc.from_chroma(i, t or "", dict(m or {})), v
 
     @staticmethod
     def _visible(doc: MemoryDoc, thread_id: str | None) -> bool:
@@ -511,21 +423,9 @@ class ChromaMemory:
         """Cosine top-k within the user's (and thread's) scope."""
         vec = vector if vector is not None else self.embed_query(query)
         with self._lock:
-            scope = scope if scope is not None else self._scope(user_id)
+            scope = scope if scope is not None else self.scopes.get(user_id)
             if scope.with_vectors:
-                n = scope.bm25.size
-                if not n:
-                    return []
-                mask = scope.visible(thread_id)
-                sims = _matvec(scope.vecs[:n], np.asarray(vec, dtype=np.float32))
-                sims[~mask] = -np.inf
-                n_visible = int(mask.sum())
-                if not n_visible:
-                    return []
-                kk = min(max(1, k), n_visible)
-                top = np.argpartition(-sims, kk - 1)[:kk]
-                top = top[np.argsort(-sims[top], kind="stable")]
-                return [(scope.docs[int(i)], float(sims[i])) for i in top]
+                return dense_top(scope, vec, thread_id, k)
         where: Any = {"user_id": user_id}
         if thread_id is not None:
             where = {"$and": [{"user_id": user_id}, {"$or": [{"scope": "user"}, {"thread_id": thread_id}]}]}
@@ -544,25 +444,13 @@ class ChromaMemory:
         if not q:
             return []
         with self._lock:
-            scope = scope if scope is not None else self._scope(user_id)
-            n = scope.bm25.size
-            if not n:
-                return []
-            scores = scope.bm25.scores(q)
-            scores[~scope.visible(thread_id)] = 0.0
-            pos = int((scores > 0).sum())
-            if not pos:
-                return []
-            kk = min(max(1, k), pos)
-            top = np.argpartition(-scores, kk - 1)[:kk]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return [(scope.docs[int(i)], float(scores[i])) for i in top if scores[i] > 0]
+            return sparse_top(scope if scope is not None else self.scopes.get(user_id), q, thread_id, k)
 
     def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0) -> list[Hit]:
         """Dense + BM25 over the user's in-process scope, fused by :func:`fuse`."""
         vec = self.embed_query(query)
         with self._lock:
-            scope = self._scope(user_id)
+            scope = self.scopes.get(user_id)
             dense = self.dense(query, user_id, thread_id, k, vector=vec, scope=scope)
             sparse = self.sparse(query, user_id, thread_id, k, scope=scope)
         return fuse(dense, sparse, min_score)

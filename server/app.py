@@ -175,18 +175,10 @@ class Server:
 
 
 def memory_counts(mc: MemChat, thread_id: str, user_id: str | None) -> dict[str, int] | None:
-    """Vector memories of a thread (thread-scoped) and of its user (user-scoped facts), when the store
-    can count them (Chroma); ``None`` otherwise."""
-    col = getattr(mc.engine.memory, "col", None)
-    if col is None:
-        return None
+    """Vector memories of a thread (thread-scoped) and of its user (user-scoped facts); ``None`` when the
+    store cannot count them."""
     try:
-        thread: Any = {"$and": [{"thread_id": thread_id}, {"scope": "thread"}]}
-        out = {"thread": len(col.get(where=thread, include=[])["ids"]), "user": 0}
-        if user_id:
-            user: Any = {"$and": [{"user_id": user_id}, {"scope": "user"}]}
-            out["user"] = len(col.get(where=user, include=[])["ids"])
-        return out
+        return mc.engine.memory.scope_counts(thread_id, user_id)
     except Exception:  # a view must not fail because of a count
         log.debug("memory count failed", exc_info=True)
         return None

@@ -1,6 +1,7 @@
 """Crash safety of ``memchat serve``: kill -9 in the middle of a turn (extract, slots and retrieve ran;
 respond is waiting on the LLM), restart: the thread holds the whole turn or none of it, and the retried
 turn adds no duplicate memories. The server's own log (JSON lines with request ids) is checked too.
+Run on each vector store (embedded Chroma, a Milvus Lite file): the store must come back whole after kill -9.
 
 (tests/test_crash_poison.py does the same for ``memchat chat``.)"""
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.serving import STUB_MODEL, free_port, run_stub
 
@@ -67,10 +69,11 @@ class Serve:
                 self.proc.wait(10)
 
 
-def test_kill_9_of_memchat_serve_mid_turn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["chroma", "milvus"])
+def test_kill_9_of_memchat_serve_mid_turn(tmp_path: Path, store: str) -> None:
     log = tmp_path / "serve.log"
     with run_stub() as stub:
-        env = dict(os.environ, MEMCHAT_LLM_BASE_URL=str(stub), MEMCHAT_LLM_MODEL=STUB_MODEL,
+        env = dict(os.environ, MEMCHAT_VECTOR_STORE=store, MEMCHAT_LLM_BASE_URL=str(stub), MEMCHAT_LLM_MODEL=STUB_MODEL,
                    MEMCHAT_DATA_DIR=str(tmp_path / "data"), MEMCHAT_API_KEY=KEY, MEMCHAT_LLM_TIMEOUT="120",
                    MEMCHAT_LOG_FORMAT="json", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         first = Serve(env, log)

@@ -7,12 +7,17 @@ Each user i tells thread A "My name is User{i}, my order number is #70{i}..., an
 
 * 300 probes go through the API: a chat turn on a third thread P per user (neutral questions), then that
   thread's ``/memory`` (``retrieved``) and ``/context`` (the whole prompt sent to the LLM) are checked;
-* 800 more go to ``Engine.recall`` directly (fast), from threads A, B, P and user-wide, including
+* 900 more go to ``Engine.recall`` directly (fast), from threads A, B, P and user-wide, including
   adversarial queries that name other users, their orders, cities, pets and codewords.
 
 A recalled turn must be from the probing thread; a recalled fact must be a sentence this user sent; the
 prompt must hold no other user's name, order, city, pet or codeword, and no other thread's secret. Positive
 controls make sure recall does find the user's own memories (the test would be empty otherwise).
+
+The module runs on embedded Chroma and on a Milvus Lite file searched in Milvus (user and thread filters
+evaluated by Milvus, as on a Milvus server); the 300 API probes run on Chroma only: above the vector store
+the route is the same code, and the engine probes (those of 5 users on Milvus: Lite's searches are slow)
+and the forgetting test check the store itself.
 """
 
 from __future__ import annotations
@@ -97,10 +102,13 @@ def check_item(item: dict[str, Any], user: User, thread: str | None) -> None:
         assert any(text in sent for sent in user.sent), (user.uid, item)  # a sentence this user said
 
 
-@pytest.fixture(scope="module")
-def mc(stub: StubURL, tmp_path_factory: pytest.TempPathFactory) -> MemChat:
+STORES = {"chroma": {"vector_store": "chroma"}, "milvus-server": {"vector_store": "milvus", "milvus_search": "server"}}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def mc(request: pytest.FixtureRequest, stub: StubURL, tmp_path_factory: pytest.TempPathFactory) -> MemChat:
     settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=tmp_path_factory.mktemp("iso"), api_key=KEY,
-                        llm_max_retries=0, _env_file=None)  # type: ignore[call-arg]
+                        llm_max_retries=0, _env_file=None, **STORES[request.param])  # type: ignore[call-arg]
     return MemChat(settings)
 
 
@@ -121,6 +129,9 @@ def say(c: httpx.Client, user: User, kind: str, text: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def told(base: str) -> list[User]:
     """Every user has told thread A their facts and thread B its secret."""
+    for user in USERS:
+        user.sent.clear()
+
     def tell(user: User) -> None:
         with httpx.Client(base_url=base, headers=AUTH, timeout=120) as c:
             say(c, user, "a", f"My name is {user.name}, my order number is {user.order}, and I live in {user.city}.")
@@ -132,7 +143,9 @@ def told(base: str) -> list[User]:
     return USERS
 
 
-def test_api_probes_never_cross_users_or_threads(base: str, told: list[User]) -> None:
+def test_api_probes_never_cross_users_or_threads(base: str, mc: MemChat, told: list[User]) -> None:
+    if mc.settings.vector_store != "chroma":
+        pytest.skip("the API above the store is the same code; the engine probes cover this store")
     recalled_order: set[int] = set()  # users whose order-number fact was recalled by some probe
     items_checked: list[int] = []
     done: list[int] = []  # probes per user (appended by the workers)
@@ -166,7 +179,8 @@ def test_api_probes_never_cross_users_or_threads(base: str, told: list[User]) ->
 def test_engine_probes_never_cross_users_or_threads(mc: MemChat, told: list[User]) -> None:
     eng = mc.engine
     probes = 0
-    for user in told:
+    users = told if mc.settings.vector_store == "chroma" else told[::4]  # Lite searches in Milvus slowly: 5 of 20
+    for user in users:
         other = USERS[(user.i + 7) % N]
         queries = ["What is my order number?", "secret codeword for this thread", "my cat", "where do I live",
                    f"What is the order number of {other.name}?", f"order {other.order}", f"I live in {other.city}",
@@ -188,16 +202,18 @@ def test_engine_probes_never_cross_users_or_threads(mc: MemChat, told: list[User
         assert user.code not in texts("secret codeword for this thread", user.thread("a"))
         assert user.code in texts("secret codeword for this thread", None)  # user-wide view
         probes += 5
-    assert probes == N * (4 * 10 + 5) == 900
+    assert probes == len(users) * (4 * 10 + 5) and len(users) in (N, N // 4)
 
 
 def test_forgetting_a_user_leaves_the_others(base: str, mc: MemChat, told: list[User]) -> None:
     gone, kept = told[0], told[1]
     before = httpx.get(f"{base}/v1/threads/{kept.thread('a')}/memory", headers=AUTH).json()["memories"]
+    threads = {row["id"] for row in httpx.get(f"{base}/v1/threads", params={"user": gone.uid}, headers=AUTH).json()["data"]}
+    assert threads >= {gone.thread("a"), gone.thread("b")}  # and thread P where the API probes ran
     r = httpx.delete(f"{base}/v1/users/{gone.uid}/memory", headers=AUTH, timeout=60).json()
-    assert sorted(r["threads_deleted"]) == sorted(gone.thread(k) for k in "abp") and r["memories_removed"] > 0
-    for kind in "abp":
-        assert httpx.get(f"{base}/v1/threads/{gone.thread(kind)}/memory", headers=AUTH).status_code == 404
+    assert sorted(r["threads_deleted"]) == sorted(threads) and r["memories_removed"] > 0
+    for tid in threads:
+        assert httpx.get(f"{base}/v1/threads/{tid}/memory", headers=AUTH).status_code == 404
     assert mc.engine.recall("What is my order number?", user_id=gone.uid, thread_id=None, budget_tokens=2000) == []
     assert httpx.get(f"{base}/v1/threads/{kept.thread('a')}/memory", headers=AUTH).json()["memories"] == before
     texts = " ".join(i["text"] for i in mc.engine.recall("What is my order number?", user_id=kept.uid,

@@ -14,7 +14,7 @@ from graph.embeddings import load_embeddings
 from graph.engine import Engine
 from graph.reindex import copy_store, reindex
 from graph.settings import Settings
-from graph.stores import make_memory
+from graph.stores import collection_name, make_memory
 from graph.vectorstore import EmbedderMismatch, Hit, MemoryDoc, msg_id
 from tests.fakes import ScriptedChatModel
 
@@ -85,7 +85,10 @@ def test_upsert_is_idempotent(store_engine: Engine) -> None:
 def test_delete_thread_and_user(store_engine: Engine) -> None:
     mem = store_engine.memory
     mem.add(CORPUS)
+    assert mem.scope_counts("t1", "u1") == {"thread": 2, "user": 1}
+    assert mem.scope_counts("t\\4", 'u"3') == {"thread": 1, "user": 0}
     assert mem.delete_thread("t1") == 2
+    assert mem.scope_counts("t1", "u1") == {"thread": 0, "user": 1}
     assert {d.id for d in mem.all_docs()} == {"b1", "f1", "c1", "q1"}
     assert not _ids(mem.search("hiking trip Alps", "u1", "t1", k=5)) & {"a1", "a2"}
     assert mem.delete_thread("t1") == 0
@@ -160,10 +163,22 @@ def test_check_reports_the_store(store_settings: Settings) -> None:
     line = check_vectors(store_settings)
     kind = "Milvus Lite" if store_settings.vector_store == "milvus" else "embedded Chroma"
     assert kind in line and "with 6 memories" in line and "384 dims" in line and "all-MiniLM-L6-v2" in line
+    assert f"collection {collection_name(store_settings)!r}" in line
     if store_settings.vector_store == "milvus":  # the same collection as a LangChain vector store
         lc = Engine(store_settings, llm=ScriptedChatModel()).memory.as_langchain()  # type: ignore[attr-defined]
         got = lc.similarity_search("shellfish allergy", k=1, expr='user_id == "u1"')
         assert got[0].page_content == "The user is allergic to shellfish."
+
+
+def test_check_reports_an_unreachable_milvus(settings: Settings) -> None:
+    from graph.backend_check import check_all
+    from tests.serving import free_port
+
+    s = settings.model_copy(update={"vector_store": "milvus", "milvus_uri": f"http://127.0.0.1:{free_port()}"})
+    vectors = check_all(s, llm=False)[-1]
+    assert vectors.name == "vectors" and not vectors.ok
+    assert "cannot reach the Milvus server at http://127.0.0.1:" in vectors.detail
+    assert "MEMCHAT_MILVUS_URI" in vectors.detail
 
 
 def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Settings,
