@@ -18,6 +18,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
+from graph import deadline
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
 from graph.extraction import schedule as schedule_extraction
@@ -88,14 +89,23 @@ class MemChat:
         """Hold a thread: the in-process lock, then the cross-process lease; raises ``ThreadBusy`` when the
         thread stays busy for ``MEMCHAT_THREAD_WAIT`` seconds."""
         wait = self.settings.thread_wait
-        deadline = time.monotonic() + wait
+        left = deadline.remaining()  # a turn under MEMCHAT_TURN_TIMEOUT waits no longer than it has left
+        cut = left is not None and left < wait
+        wait = min(wait, left) if left is not None else wait
+        until = time.monotonic() + wait
         lock = self.lock(thread_id)
         if not lock.acquire(timeout=wait):
+            if cut:
+                raise deadline.TurnTimeout(self.settings.turn_timeout)
             raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (waited {wait:g}s, "
                              "MEMCHAT_THREAD_WAIT)")
         try:
-            with self.leases.hold(thread_id, wait=max(0.0, deadline - time.monotonic())):
+            with self.leases.hold(thread_id, wait=max(0.0, until - time.monotonic())):
                 yield
+        except ThreadBusy:
+            if cut:
+                raise deadline.TurnTimeout(self.settings.turn_timeout) from None
+            raise
         finally:
             lock.release()
 
@@ -125,7 +135,7 @@ class MemChat:
         different request raises :class:`graph.receipts.IdempotencyConflict`."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
-        with self.exclusive(thread_id):
+        with deadline.started(self.settings.turn_timeout) as until, self.exclusive(thread_id):
             self.recover(thread_id)
             cfg = self.config(thread_id, user_id, llm_params, context)
             pre = self.graph.get_state(cfg)
@@ -159,6 +169,8 @@ class MemChat:
                         final = data  # type: ignore[assignment]
                 if int(final.get("turn") or 0) != turn:
                     raise RuntimeError("the turn did not complete")
+                if until is not None and time.monotonic() > until:  # the client was told 504: undo it
+                    raise deadline.TurnTimeout(self.settings.turn_timeout)
                 self.registry.record(thread_id, final.get("user_id"), turn)
             except BaseException:
                 self._rollback(thread_id, pre)
