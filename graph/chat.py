@@ -23,6 +23,7 @@ from graph.builder import build_graph
 from graph.engine import Engine, get_engine
 from graph.extraction import schedule as schedule_extraction
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
+from graph.outbox import Outbox
 from graph.persistence import ThreadBusy, ThreadLeases
 from graph.receipts import find_receipt, fingerprint, key_hash
 from graph.registry import ThreadRegistry, legacy_user, speakers
@@ -64,6 +65,8 @@ class MemChat:
         self.registry = ThreadRegistry(self.store)  # threads, their speakers, users being forgotten
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.outbox = Outbox(self.store)  # threads whose vector-memory writes wait for the store to return
+        self.outbox.start(self._replay_outbox)
 
     # ---- config & locks ------------------------------------------------------------------
     def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
@@ -140,7 +143,8 @@ class MemChat:
             cfg = self.config(thread_id, user_id, llm_params, context)
             pre = self.graph.get_state(cfg)
             self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
-            self._flush(pre.values or {}, check=True)  # a turn whose memories were not written (crash, failure)
+            if not self._flush(pre.values or {}, check=True, thread_id=thread_id):  # still not written:
+                cfg["configurable"]["outbox_carry"] = True  # this turn's checkpoint carries them on
             if idempotency_key:
                 fp = fingerprint(user=user_id, message=message, persona=persona, llm_params=llm_params or {})
                 done = find_receipt((pre.values or {}).get("receipts"), idempotency_key, fp)
@@ -175,7 +179,7 @@ class MemChat:
             except BaseException:
                 self._rollback(thread_id, pre)
                 raise
-            self._flush(final)  # vector memory last: nothing after it can fail the turn
+            self._flush(final, thread_id=thread_id)  # vector memory last: nothing after it can fail the turn
             if self.settings.summaries_in_background:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
             schedule_extraction(self.engine, thread_id, final)  # LLM slot tier, applied by the next turn
@@ -202,12 +206,13 @@ class MemChat:
         else:
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
 
-    def _flush(self, values: dict[str, Any], check: bool = False) -> None:
-        """Write a committed turn's vector memories (its ``outbox``; ids are idempotent). A failure is logged
-        and counted; the outbox stays in the checkpoint and is written before the thread's next turn."""
+    def _flush(self, values: dict[str, Any], check: bool = False, thread_id: str | None = None) -> bool:
+        """Write a committed turn's vector memories (its ``outbox``; ids are idempotent); True when they are in
+        the store. A failure is logged and counted; the outbox stays in the checkpoint (carried on by the next
+        turns) and is replayed in the background (:class:`graph.outbox.Outbox`) or before the next turn."""
         docs = [MemoryDoc(**d) for d in values.get("outbox") or []]
         if not docs:
-            return
+            return True
         try:
             if check:
                 have = {d.id for d in self.engine.memory.get_ids([d.id for d in docs])}
@@ -216,7 +221,27 @@ class MemChat:
                 self.engine.store_docs(docs)
         except Exception:
             self.engine.metrics.inc("memory_write_failures")
-            log.warning("vector memory write failed; retried before the thread's next turn", exc_info=True)
+            log.warning("vector memory write failed; kept in the outbox and replayed", exc_info=True)
+            if thread_id is not None:
+                self.outbox.mark(thread_id, len(values.get("outbox") or []))
+            return False
+        if thread_id is not None:
+            self.outbox.clear(thread_id)
+        return True
+
+    def _replay_outbox(self, thread_id: str) -> bool:
+        """Write a thread's pending outbox (background); False while the thread is busy or the store down."""
+        lock = self.lock(thread_id)
+        if not lock.acquire(timeout=0.5):
+            return False
+        try:
+            with self.leases.hold(thread_id, wait=1.0):
+                st = self.state(thread_id)
+                return not st or self._flush(st, check=True, thread_id=thread_id)
+        except ThreadBusy:
+            return False
+        finally:
+            lock.release()
 
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def _pg_pool(settings: Settings, name: str) -> Any:
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
                 "connect_timeout": PG_CONNECT_TIMEOUT},
         check=ConnectionPool.check_connection,
+        timeout=settings.store_timeout,  # a dead database is a 503 within seconds, not after psycopg's 30 s
     )
     try:
         pool.open(wait=True, timeout=PG_CONNECT_TIMEOUT * 2)
@@ -195,10 +196,10 @@ class ThreadLeases:
     TABLE = "memchat_thread_leases"
     STRIPES = 4096
 
-    def __init__(self, settings: Settings, ttl: float = 30.0, wait: float | None = None) -> None:
+    def __init__(self, settings: Settings, ttl: float | None = None, wait: float | None = None) -> None:
         import uuid
 
-        self.ttl = float(ttl)
+        self.ttl = float(ttl if ttl is not None else settings.lease_ttl)
         self.wait = float(wait if wait is not None else max(120.0, 3 * settings.llm_timeout *
                                                            (settings.llm_max_retries + 1)))
         self.owner = uuid.uuid4().hex

@@ -136,10 +136,18 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
             "retrieved_ids": [m.get("id") for m in asm.memories],
         },
         "counters": counters,
-        "outbox": [asdict(d) for d in docs] if conf.get("defer_memory") else [],
+        "outbox": _outbox(state, docs, bool(conf.get("outbox_carry"))) if conf.get("defer_memory") else [],
         **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
                    asm.sections, asm.dropped_turns, reuse, asm.memories),
     }
+
+
+def _outbox(state: State, docs: list[MemoryDoc], carry: bool) -> list[dict[str, Any]]:
+    """This turn's memories, after the earlier turns' still unwritten ones when ``carry`` (the vector store
+    was down): the checkpoint keeps every acknowledged write until the store has it."""
+    out = {d["id"]: d for d in (state.get("outbox") or []) if carry and isinstance(d, dict) and d.get("id")}
+    out.update((d.id, asdict(d)) for d in docs)
+    return list(out.values())
 
 
 def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,

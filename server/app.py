@@ -47,7 +47,7 @@ from graph.observability import configure_logging, request_id_var, uvicorn_log_c
 from graph.persistence import ThreadBusy
 from graph.receipts import IdempotencyConflict
 from graph.settings import Settings, get_settings
-from server import auth, faults, tenancy
+from server import auth, faults, health, tenancy
 from server import login as login_routes
 from server.admission import ThreadGate, idempotency_key
 from server.guard import RequestGuardMiddleware, parse_allowed_hosts
@@ -600,11 +600,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         return _api_error(exc, thread).response()
 
     # ---- health & models ----
-    @app.get("/health", tags=["meta"])
-    async def health() -> dict[str, Any]:
-        """Liveness and the LLM backend's state (``ok`` or ``degraded``); no auth."""
-        status = await server.probe()
-        return status.public()
+    health.mount(app, server)  # /health, /ready (the LLM backend and each store), the outbox gauge
 
     @app.get("/metrics", tags=["meta"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
