@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from bench.netcut import TcpProxy
 from graph.persistence import ThreadLeases
 from graph.settings import Settings
-from tests.netcut import TcpProxy
 from tests.services import ChromaServer, unique_name
 from tests.serving import StubURL, serve_memchat
 
