@@ -81,6 +81,8 @@ def test_store_outages_answer_clear_503s_and_ready_tells_the_truth(
         r = chat(base, "t1", "I work as a baker.")
         assert r.status_code == 200 and r.json()["memchat"]["turn"] == 3, r.text
         assert httpx.get(f"{base}/health", timeout=10).json()["outbox_depth"] >= 2
+        r = httpx.delete(f"{base}/v1/threads/t-other", timeout=30)  # needs the vector store itself
+        assert r.status_code == 503 and r.json()["error"]["code"] == "vector_store_unavailable", r.text
         chroma.up()
         deadline = time.monotonic() + 30
         while httpx.get(f"{base}/health", timeout=10).json()["outbox_depth"] and time.monotonic() < deadline:
