@@ -47,4 +47,7 @@ def started(seconds: float) -> Iterator[float | None]:
     try:
         yield d
     finally:
-        _deadline.reset(token)
+        try:
+            _deadline.reset(token)
+        except ValueError:  # a generator closed from another context (garbage collected elsewhere)
+            _deadline.set(outer)
