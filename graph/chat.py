@@ -23,12 +23,11 @@ from graph.builder import build_graph
 from graph.engine import Engine, get_engine
 from graph.extraction import schedule as schedule_extraction
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
-from graph.outbox import Outbox
+from graph.outbox import Outbox, replay_thread, write_outbox
 from graph.persistence import ThreadBusy, ThreadLeases
 from graph.receipts import find_receipt, fingerprint, key_hash
 from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
-from graph.vectorstore import MemoryDoc
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import schedule_next, summarize_l2
 from nodes.update_slots import head_snapshot
@@ -207,41 +206,13 @@ class MemChat:
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
 
     def _flush(self, values: dict[str, Any], check: bool = False, thread_id: str | None = None) -> bool:
-        """Write a committed turn's vector memories (its ``outbox``; ids are idempotent); True when they are in
-        the store. A failure is logged and counted; the outbox stays in the checkpoint (carried on by the next
-        turns) and is replayed in the background (:class:`graph.outbox.Outbox`) or before the next turn."""
-        docs = [MemoryDoc(**d) for d in values.get("outbox") or []]
-        if not docs:
-            return True
-        try:
-            if check:
-                have = {d.id for d in self.engine.memory.get_ids([d.id for d in docs])}
-                docs = [d for d in docs if d.id not in have]
-            if docs:
-                self.engine.store_docs(docs)
-        except Exception:
-            self.engine.metrics.inc("memory_write_failures")
-            log.warning("vector memory write failed; kept in the outbox and replayed", exc_info=True)
-            if thread_id is not None:
-                self.outbox.mark(thread_id, len(values.get("outbox") or []))
-            return False
-        if thread_id is not None:
-            self.outbox.clear(thread_id)
-        return True
+        """Write a committed turn's vector memories (its ``outbox``); True when they are in the store (see
+        :func:`graph.outbox.write`)."""
+        return write_outbox(self.engine, self.outbox, values, check=check, thread_id=thread_id)
 
     def _replay_outbox(self, thread_id: str) -> bool:
         """Write a thread's pending outbox (background); False while the thread is busy or the store down."""
-        lock = self.lock(thread_id)
-        if not lock.acquire(timeout=0.5):
-            return False
-        try:
-            with self.leases.hold(thread_id, wait=1.0):
-                st = self.state(thread_id)
-                return not st or self._flush(st, check=True, thread_id=thread_id)
-        except ThreadBusy:
-            return False
-        finally:
-            lock.release()
+        return replay_thread(self, thread_id)
 
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:

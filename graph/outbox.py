@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from graph.namespaces import search_all
+from graph.persistence import ThreadBusy
+from graph.vectorstore import MemoryDoc
 
 OUTBOX_NS = ("memchat", "outbox")
 MAX_BACKOFF = 10.0  # seconds between replay rounds while the vector store stays down
@@ -118,3 +120,44 @@ class Outbox:
     def close(self) -> None:
         """Stop the replayer."""
         self._stop.set()
+
+
+def write_outbox(engine: Any, outbox: Outbox, values: dict[str, Any], *, check: bool = False,
+                 thread_id: str | None = None) -> bool:
+    """Write a committed turn's vector memories (``values["outbox"]``; ids are idempotent; with ``check`` only
+    those the store lacks); True when they are in the store. A failure is logged and counted, and the thread
+    is marked: the outbox stays in the checkpoint (carried on by the next turns) and is replayed."""
+    docs = [MemoryDoc(**d) for d in values.get("outbox") or []]
+    if not docs:
+        return True
+    try:
+        if check:
+            have = {d.id for d in engine.memory.get_ids([d.id for d in docs])}
+            docs = [d for d in docs if d.id not in have]
+        if docs:
+            engine.store_docs(docs)
+    except Exception:
+        engine.metrics.inc("memory_write_failures")
+        log.warning("vector memory write failed; kept in the outbox and replayed", exc_info=True)
+        if thread_id is not None:
+            outbox.mark(thread_id, len(values.get("outbox") or []))
+        return False
+    if thread_id is not None:
+        outbox.clear(thread_id)
+    return True
+
+
+def replay_thread(mc: Any, thread_id: str) -> bool:
+    """Write a thread's pending outbox under its lock and lease (a :class:`graph.chat.MemChat`); False while the
+    thread is busy or the store is down; True for a thread deleted meanwhile."""
+    lock = mc.lock(thread_id)
+    if not lock.acquire(timeout=0.5):
+        return False
+    try:
+        with mc.leases.hold(thread_id, wait=1.0):
+            st = mc.state(thread_id)
+            return not st or write_outbox(mc.engine, mc.outbox, st, check=True, thread_id=thread_id)
+    except ThreadBusy:
+        return False
+    finally:
+        lock.release()
