@@ -202,7 +202,7 @@ def ok(res: dict[str, Any], turn_timeout: float) -> bool:
             and res["slowest_request_s"] <= turn_timeout + 1 and "no answer" not in res["status"])
 
 
-def outage_stack(*, threads: int, turns: int, down: float, turn_timeout: float,
+def outage_stack(*, threads: int, turns: int, down: float, turn_timeout: float, gap: float = 4.0,
                  pg_url: str | None = None, chroma_url: str | None = None) -> dict[str, Any]:
     """Start what is missing (PostgreSQL, Chroma, the stub LLM, ``memchat serve``), run, stop."""
     from urllib.parse import urlparse
@@ -234,7 +234,7 @@ def outage_stack(*, threads: int, turns: int, down: float, turn_timeout: float,
             httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
                                                                "X-Thread-ID": "warm-up"}, timeout=120,
                        json={"model": "memchat", "messages": [{"role": "user", "content": "warm-up"}]})
-            res = run_outage(base, key, cuts, threads=threads, turns=turns, down=down)
+            res = run_outage(base, key, cuts, threads=threads, turns=turns, down=down, gap=gap)
         for c in cuts.values():
             c.close()
         res["turn_timeout_s"] = turn_timeout
