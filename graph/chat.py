@@ -18,15 +18,16 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
+from graph import deadline
 from graph.builder import build_graph
 from graph.engine import Engine, get_engine
 from graph.extraction import schedule as schedule_extraction
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
+from graph.outbox import Outbox, replay_thread, write_outbox
 from graph.persistence import ThreadBusy, ThreadLeases
 from graph.receipts import find_receipt, fingerprint, key_hash
 from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
-from graph.vectorstore import MemoryDoc
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import schedule_next, summarize_l2
 from nodes.update_slots import head_snapshot
@@ -63,6 +64,8 @@ class MemChat:
         self.registry = ThreadRegistry(self.store)  # threads, their speakers, users being forgotten
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.outbox = Outbox(self.store)  # threads whose vector-memory writes wait for the store to return
+        self.outbox.start(self._replay_outbox)
 
     # ---- config & locks ------------------------------------------------------------------
     def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
@@ -88,14 +91,23 @@ class MemChat:
         """Hold a thread: the in-process lock, then the cross-process lease; raises ``ThreadBusy`` when the
         thread stays busy for ``MEMCHAT_THREAD_WAIT`` seconds."""
         wait = self.settings.thread_wait
-        deadline = time.monotonic() + wait
+        left = deadline.remaining()  # a turn under MEMCHAT_TURN_TIMEOUT waits no longer than it has left
+        cut = left is not None and left < wait
+        wait = min(wait, left) if left is not None else wait
+        until = time.monotonic() + wait
         lock = self.lock(thread_id)
         if not lock.acquire(timeout=wait):
+            if cut:
+                raise deadline.TurnTimeout(self.settings.turn_timeout)
             raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (waited {wait:g}s, "
                              "MEMCHAT_THREAD_WAIT)")
         try:
-            with self.leases.hold(thread_id, wait=max(0.0, deadline - time.monotonic())):
+            with self.leases.hold(thread_id, wait=max(0.0, until - time.monotonic())):
                 yield
+        except ThreadBusy:
+            if cut:
+                raise deadline.TurnTimeout(self.settings.turn_timeout) from None
+            raise
         finally:
             lock.release()
 
@@ -125,12 +137,13 @@ class MemChat:
         different request raises :class:`graph.receipts.IdempotencyConflict`."""
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
-        with self.exclusive(thread_id):
+        with deadline.started(self.settings.turn_timeout) as until, self.exclusive(thread_id):
             self.recover(thread_id)
             cfg = self.config(thread_id, user_id, llm_params, context)
             pre = self.graph.get_state(cfg)
             self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
-            self._flush(pre.values or {}, check=True)  # a turn whose memories were not written (crash, failure)
+            if not self._flush(pre.values or {}, check=True, thread_id=thread_id):  # still not written:
+                cfg["configurable"]["outbox_carry"] = True  # this turn's checkpoint carries them on
             if idempotency_key:
                 fp = fingerprint(user=user_id, message=message, persona=persona, llm_params=llm_params or {})
                 done = find_receipt((pre.values or {}).get("receipts"), idempotency_key, fp)
@@ -159,11 +172,13 @@ class MemChat:
                         final = data  # type: ignore[assignment]
                 if int(final.get("turn") or 0) != turn:
                     raise RuntimeError("the turn did not complete")
+                if until is not None and time.monotonic() > until:  # the client was told 504: undo it
+                    raise deadline.TurnTimeout(self.settings.turn_timeout)
                 self.registry.record(thread_id, final.get("user_id"), turn)
             except BaseException:
                 self._rollback(thread_id, pre)
                 raise
-            self._flush(final)  # vector memory last: nothing after it can fail the turn
+            self._flush(final, thread_id=thread_id)  # vector memory last: nothing after it can fail the turn
             if self.settings.summaries_in_background:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
             schedule_extraction(self.engine, thread_id, final)  # LLM slot tier, applied by the next turn
@@ -190,21 +205,14 @@ class MemChat:
         else:
             self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
 
-    def _flush(self, values: dict[str, Any], check: bool = False) -> None:
-        """Write a committed turn's vector memories (its ``outbox``; ids are idempotent). A failure is logged
-        and counted; the outbox stays in the checkpoint and is written before the thread's next turn."""
-        docs = [MemoryDoc(**d) for d in values.get("outbox") or []]
-        if not docs:
-            return
-        try:
-            if check:
-                have = {d.id for d in self.engine.memory.get_ids([d.id for d in docs])}
-                docs = [d for d in docs if d.id not in have]
-            if docs:
-                self.engine.store_docs(docs)
-        except Exception:
-            self.engine.metrics.inc("memory_write_failures")
-            log.warning("vector memory write failed; retried before the thread's next turn", exc_info=True)
+    def _flush(self, values: dict[str, Any], check: bool = False, thread_id: str | None = None) -> bool:
+        """Write a committed turn's vector memories (its ``outbox``); True when they are in the store (see
+        :func:`graph.outbox.write`)."""
+        return write_outbox(self.engine, self.outbox, values, check=check, thread_id=thread_id)
+
+    def _replay_outbox(self, thread_id: str) -> bool:
+        """Write a thread's pending outbox (background); False while the thread is busy or the store down."""
+        return replay_thread(self, thread_id)
 
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:

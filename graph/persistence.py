@@ -31,6 +31,7 @@ PG_POOL_MAX = 8
 # Key of the advisory lock that serializes schema setup across replicas ("memchat" in ASCII).
 SETUP_LOCK_KEY = 0x6D656D63686174
 SETUP_LOCK_TIMEOUT = 300.0
+NOT_QUEUED = 2**62  # the sequence number of a lease request that has not queued (yields to every waiter)
 
 
 class PersistenceError(RuntimeError):
@@ -95,6 +96,7 @@ def _pg_pool(settings: Settings, name: str) -> Any:
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
                 "connect_timeout": PG_CONNECT_TIMEOUT},
         check=ConnectionPool.check_connection,
+        timeout=settings.store_timeout,  # a dead database is a 503 within seconds, not after psycopg's 30 s
     )
     try:
         pool.open(wait=True, timeout=PG_CONNECT_TIMEOUT * 2)
@@ -185,20 +187,24 @@ class ThreadLeases:
     """Cross-process mutual exclusion per thread, so that replicas never run two turns of one thread at once.
 
     PostgreSQL: a lease row per busy thread (``memchat_thread_leases``), taken with one short statement,
-    renewed in the background while held, released at the end; a replica that dies leaves a lease that
-    expires after ``ttl`` seconds. No connection is held during the turn. SQLite: ``flock`` on a lock
+    renewed in the background while held (a heartbeat every ``ttl / 3``), released at the end; a replica that
+    dies leaves a lease that expires after ``ttl`` seconds (``MEMCHAT_LEASE_TTL``, 6 s). Waiters are served in
+    arrival order across replicas: each waiter has a row in ``memchat_thread_waiters`` (a sequence number,
+    refreshed while it polls) and takes the lease only when no older live waiter is queued for the thread.
+    No connection is held during the turn. SQLite: ``flock`` on a lock
     file (4096 stripes) next to the database, for processes on one host.
 
     Use ``with leases.hold(thread_id): ...`` around a turn (inside the in-process per-thread lock).
     """
 
     TABLE = "memchat_thread_leases"
+    WAITERS = "memchat_thread_waiters"
     STRIPES = 4096
 
-    def __init__(self, settings: Settings, ttl: float = 30.0, wait: float | None = None) -> None:
+    def __init__(self, settings: Settings, ttl: float | None = None, wait: float | None = None) -> None:
         import uuid
 
-        self.ttl = float(ttl)
+        self.ttl = float(ttl if ttl is not None else settings.lease_ttl)
         self.wait = float(wait if wait is not None else max(120.0, 3 * settings.llm_timeout *
                                                            (settings.llm_max_retries + 1)))
         self.owner = uuid.uuid4().hex
@@ -219,6 +225,9 @@ class ThreadLeases:
         with self._pool.connection() as conn:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (thread_id TEXT PRIMARY KEY, "
                          "owner TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.WAITERS} (token TEXT PRIMARY KEY, "
+                         "thread_id TEXT NOT NULL, seq BIGSERIAL, seen TIMESTAMPTZ NOT NULL DEFAULT now())")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {self.WAITERS}_thread ON {self.WAITERS} (thread_id, seq)")
 
     @contextlib.contextmanager
     def hold(self, thread_id: str, wait: float | None = None) -> Iterator[None]:
@@ -237,24 +246,48 @@ class ThreadLeases:
             self._release(thread_id, token)
 
     # ---- PostgreSQL ---------------------------------------------------------------------------
-    def _try(self, thread_id: str, token: str) -> bool:
+    def _try(self, thread_id: str, token: str, seq: int = NOT_QUEUED) -> bool:
+        """Take the lease when it is free or expired and no waiter older than ``seq`` (any, for a newcomer)
+        is still polling for the thread."""
         with self._pool.connection() as conn:
+            if seq != NOT_QUEUED:
+                conn.execute(f"UPDATE {self.WAITERS} SET seen = now() WHERE token = %s", (token,))
             row = conn.execute(
                 f"INSERT INTO {self.TABLE} AS l (thread_id, owner, expires_at) "
-                "VALUES (%s, %s, now() + make_interval(secs => %s)) "
+                "SELECT %s, %s, now() + make_interval(secs => %s) "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {self.WAITERS} w WHERE w.thread_id = %s AND w.seq < %s "
+                "AND w.seen > now() - make_interval(secs => %s)) "
                 "ON CONFLICT (thread_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
-                "WHERE l.expires_at < now() RETURNING owner", (thread_id, token, self.ttl)).fetchone()
+                "WHERE l.expires_at < now() RETURNING owner",
+                (thread_id, token, self.ttl, thread_id, seq, self.ttl)).fetchone()
         return row is not None
+
+    def _queue(self, thread_id: str, token: str) -> int:
+        """Queue a waiter for the thread; its sequence number."""
+        with self._pool.connection() as conn:
+            row = conn.execute(f"INSERT INTO {self.WAITERS} (token, thread_id) VALUES (%s, %s) RETURNING seq",
+                               (token, thread_id)).fetchone()
+        return int(row["seq"])
+
+    def _dequeue(self, token: str) -> None:
+        with contextlib.suppress(Exception), self._pool.connection() as conn:
+            conn.execute(f"DELETE FROM {self.WAITERS} WHERE token = %s OR seen < now() - interval '1 hour'",
+                         (token,))
 
     def _acquire(self, thread_id: str, token: str, wait: float) -> None:
         deadline = time.monotonic() + wait
-        delay = 0.02
-        while not self._try(thread_id, token):
-            if time.monotonic() > deadline:
-                raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (another replica held it for "
-                                 f"over {wait:g}s)")
-            time.sleep(delay + random.random() * delay)
-            delay = min(delay * 1.5, 0.5)
+        if not self._try(thread_id, token):  # free and nobody queued: at once
+            seq = self._queue(thread_id, token)
+            try:
+                delay = 0.02
+                while not self._try(thread_id, token, seq):
+                    if time.monotonic() > deadline:
+                        raise ThreadBusy(f"thread {thread_id!r} is busy with another turn (another replica "
+                                         f"held it for over {wait:g}s)")
+                    time.sleep(delay + random.random() * delay)
+                    delay = min(delay * 1.5, 0.25, self.ttl / 4)
+            finally:
+                self._dequeue(token)
         with self._guard:
             self._held[token] = thread_id
             if self._renewer is None or not self._renewer.is_alive():

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
                                "loopback (name, name:port, .suffix, *); see server/guard.py")
     require_user: bool = Field(False, description="Refuse chat requests without a user id (400)")
     thread_wait: float = Field(60.0, gt=0, description="Seconds a request waits for its busy thread before 409")
+    turn_timeout: float = Field(0.0, ge=0, description="Seconds a whole turn may take (lock wait, LLM calls and "
+                                "their retries, checkpoint); past it the client gets 504 turn_timeout and the "
+                                "thread is unchanged; 0 = no limit")
+    store_timeout: float = Field(5.0, gt=0, description="Seconds a request waits for a connection to the "
+                                 "checkpoint database (or a health probe for a store) before 503")
+    lease_ttl: float = Field(6.0, gt=0, description="Seconds before the thread lease of a dead replica expires "
+                             "(renewed every third of it while held)")
     thread_queue: int = Field(4, ge=0, description="Requests that may wait for one busy thread; more get 409 at once")
     idempotency_keys: int = Field(20, ge=1, description="Idempotency keys remembered per thread (the last N)")
     history_on_existing_thread: Literal["reject", "ignore"] = Field(

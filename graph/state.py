@@ -67,6 +67,6 @@ class State(TypedDict, total=False):
     memory_rebase: bool
     pending_facts: list[dict[str, Any]]  # LLM-extracted facts waiting to be stored
     context: dict[str, Any]  # the last prompt: messages, token counts per section, cache figures
-    outbox: list[dict[str, Any]]  # the last turn's vector memories, written by MemChat after the checkpoint
+    outbox: list[dict[str, Any]]  # vector memories not yet known written (the last turn's, and earlier ones while the store was down)
     receipts: list[dict[str, Any]]  # results of the last turns sent with an idempotency key (bounded)
     counters: Annotated[dict[str, int], merge_counters]

@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
+from graph import deadline
 from graph.engine import Engine, get_engine
 from graph.llm import cached_tokens, classify_error, response_format_for
 from graph.prompt import assemble, prefix_reuse, render_head
@@ -78,6 +79,9 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
         turns = [t.bare() for t in turns]
     llm = eng.llm
     params = _llm_params(eng, config)
+    left = deadline.remaining()
+    if left is not None:  # MEMCHAT_TURN_TIMEOUT: the call gets only what the turn has left
+        params["timeout"] = max(0.1, left)
     if params:
         llm = llm.bind(**params)  # type: ignore[assignment]
     t0 = time.perf_counter()
@@ -89,8 +93,14 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
             if ttft is None and chunk.content:
                 ttft = time.perf_counter() - t0
             chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
+            if left is not None and deadline.remaining() == 0.0:
+                raise deadline.TurnTimeout(eng.settings.turn_timeout)
+    except deadline.TurnTimeout:
+        raise
     except Exception as exc:
         eng.metrics.inc("llm_failures")
+        if left is not None and (deadline.remaining() or 0.0) < 0.05:  # cut by the turn's deadline
+            raise deadline.TurnTimeout(eng.settings.turn_timeout) from exc
         raise classify_error(exc) from exc
     reply_text = text_of(chunks) if chunks is not None else ""
     usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
@@ -126,10 +136,18 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
             "retrieved_ids": [m.get("id") for m in asm.memories],
         },
         "counters": counters,
-        "outbox": [asdict(d) for d in docs] if conf.get("defer_memory") else [],
+        "outbox": _outbox(state, docs, bool(conf.get("outbox_carry"))) if conf.get("defer_memory") else [],
         **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
                    asm.sections, asm.dropped_turns, reuse, asm.memories),
     }
+
+
+def _outbox(state: State, docs: list[MemoryDoc], carry: bool) -> list[dict[str, Any]]:
+    """This turn's memories, after the earlier turns' still unwritten ones when ``carry`` (the vector store
+    was down): the checkpoint keeps every acknowledged write until the store has it."""
+    out = {d["id"]: d for d in (state.get("outbox") or []) if carry and isinstance(d, dict) and d.get("id")}
+    out.update((d.id, asdict(d)) for d in docs)
+    return list(out.values())
 
 
 def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,

@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from graph import deadline
 from graph.chat import MemChat, TurnResult
 from graph.llm import (
     BackendBusy,
@@ -46,7 +47,7 @@ from graph.observability import configure_logging, request_id_var, uvicorn_log_c
 from graph.persistence import ThreadBusy
 from graph.receipts import IdempotencyConflict
 from graph.settings import Settings, get_settings
-from server import auth, tenancy
+from server import auth, faults, health, tenancy
 from server import login as login_routes
 from server.admission import ThreadGate, idempotency_key
 from server.guard import RequestGuardMiddleware, parse_allowed_hosts
@@ -212,6 +213,9 @@ def _api_error(exc: BaseException, thread_id: str | None = None) -> APIError:
                         headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, BackendError):  # unreachable, failing, or refusing our key (401/403): the server's
         return APIError(503, f"{exc}{note}", type="server_error", code="backend_unavailable")
+    mapped = faults.classify(exc)  # turn deadline (504), store outages (503)
+    if mapped is not None:
+        return mapped
     log.error("request failed", exc_info=exc)
     return internal_error(request_id_var.get())
 
@@ -452,7 +456,8 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
         obs.failed(err.code or "error")
         raise err from exc
 
-    items = observed(iterate_in_thread(server, make, cancel_on_close=cancel), obs, plan, mc, extra)
+    items = observed(faults.bounded(iterate_in_thread(server, make, cancel_on_close=cancel), deadline.current(),
+                                    server.settings.turn_timeout), obs, plan, mc, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
     headers.update(more)
     model = plan.req.model or MODEL_ID
@@ -579,17 +584,15 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     async def _graph_input_handler(request: Request, exc: GraphInputError) -> Response:
         return APIError(exc.status, exc.message, code=exc.code).response()
 
+    faults.install(app)  # store outages: 503 checkpoint_unavailable / vector_store_unavailable
+
     @app.exception_handler(BackendError)
     async def _backend_error_handler(request: Request, exc: BackendError) -> Response:
         thread = request.headers.get("x-thread-id")
         return _api_error(exc, thread).response()
 
     # ---- health & models ----
-    @app.get("/health", tags=["meta"])
-    async def health() -> dict[str, Any]:
-        """Liveness and the LLM backend's state (``ok`` or ``degraded``); no auth."""
-        status = await server.probe()
-        return status.public()
+    health.mount(app, server)  # /health, /ready (the LLM backend and each store), the outbox gauge
 
     @app.get("/metrics", tags=["meta"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -636,9 +639,10 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         if not (body.user or request.headers.get("x-user-id")):
             body.user = tenancy.default_user(request)  # a tenant key acts for its first user
         plan = plan_chat(body, request, settings)
-        plan.user_id = await tenancy.chat_scope(request, plan.user_id, plan.thread_id)
-        await server.require_backend()
-        return await answer(server, plan)
+        with deadline.started(settings.turn_timeout):  # MEMCHAT_TURN_TIMEOUT: 504 turn_timeout past it
+            plan.user_id = await tenancy.chat_scope(request, plan.user_id, plan.thread_id)
+            await server.require_backend()
+            return await answer(server, plan)
 
     # ---- threads ----
     async def _known(thread_id: str) -> str:

@@ -62,7 +62,7 @@ PAGE_CSP = ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self
 def is_public(method: str, path: str) -> bool:
     """Routes served without credentials: the health check, and the login form's target (it checks the
     key itself)."""
-    return (method in ("GET", "HEAD") and path == "/health") or (method == "POST" and path == "/login")
+    return (method in ("GET", "HEAD") and path in ("/health", "/ready")) or (method == "POST" and path == "/login")
 
 
 # ---- session tokens ------------------------------------------------------------------------------

@@ -52,7 +52,11 @@ def milvus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
-        MilvusClient(uri=url, timeout=2).list_collections()
+        client = MilvusClient(uri=url, timeout=2)
+        try:
+            client.list_collections()
+        finally:  # an idle channel left open is closed by the server (GOAWAY too_many_pings) and poisons the
+            client.close()  # next MilvusClient of this process, which would reuse it
         return True
 
     try:

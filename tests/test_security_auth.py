@@ -25,7 +25,7 @@ from tests.serving import serve_app
 
 KEY = "sk-auth-Zq81"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-PUBLIC = {("GET", "/health"), ("HEAD", "/health")}
+PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/ready")}
 BAD_CREDENTIALS: list[tuple[str, dict[str, str]]] = [
     ("no key", {}),
     ("wrong bearer", {"Authorization": "Bearer sk-wrong"}),

@@ -510,7 +510,9 @@ def test_injected_fake_llm_without_probe(tmp_path: Path) -> None:
         c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         r = say(c, "fake", "hi")
         assert r.choices[0].message.content == "Hello from the fake."
-        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "ok" and "backend" not in health  # no probe: nothing known of the backend
+        assert all(s["ok"] for s in health["stores"].values())
 
 
 # ---- memchat serve ----------------------------------------------------------------------------------

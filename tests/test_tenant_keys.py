@@ -34,7 +34,7 @@ from tests.serving import serve_app
 ADMIN = "sk-admin-Tq5"
 MSG = [{"role": "user", "content": "hello there"}]
 RUNS = ("/graph/invoke", "/graph/batch", "/graph/stream", "/graph/stream_log", "/graph/stream_events")
-UNSCOPED = {("GET", "/health"), ("GET", "/metrics"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/v1/models"),
+UNSCOPED = {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/v1/models"),
             ("GET", "/graph/input_schema"), ("GET", "/graph/output_schema"), ("GET", "/graph/config_schema")}
 USER_NAMES, THREAD_NAMES = ("user_id", "user"), ("thread_id", "thread")
 
