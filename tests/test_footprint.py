@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from graph import persistence
 from graph.chat import MemChat
 from graph.checkpoint_prune import prune, thread_bytes
 from graph.engine import Engine
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
+
+pytest_plugins = ["tests.services"]  # pg_url
 
 
 def _make(settings: Settings, keep: int) -> tuple[MemChat, ScriptedChatModel]:
@@ -18,12 +21,29 @@ def _make(settings: Settings, keep: int) -> tuple[MemChat, ScriptedChatModel]:
     return MemChat(engine=Engine(settings.model_copy(update={"checkpoint_keep": keep}), llm=llm)), llm
 
 
-def test_history_is_pruned_to_the_last_k_and_the_thread_still_works(settings: Settings) -> None:
-    mc, llm = _make(settings, keep=3)
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """``settings`` with checkpoints and store in SQLite, or in a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        return settings.model_copy(update={"checkpoint_url": request.getfixturevalue("pg_url")})
+    return settings
+
+
+def test_history_is_pruned_to_the_last_k_and_the_thread_still_works(backend: Settings) -> None:
+    mc, llm = _make(backend, keep=3)
+    try:
+        _pruned_thread(mc, llm)
+    finally:
+        persistence.close(mc.checkpointer)
+        persistence.close(mc.store)
+        mc.leases.close()
+
+
+def _pruned_thread(mc: MemChat, llm: ScriptedChatModel) -> None:
     for i in range(8):
         mc.turn("t", f"My favourite number is {i}. What is the capital of France?", user_id="u")
     held = thread_bytes(mc.checkpointer, "t")
-    assert held["checkpoints"] == 3
+    assert held["checkpoints"] == 3 and held["bytes"] > 0
     assert len(list(mc.graph.get_state_history(mc.config("t")))) == 3
     # a failed turn still rolls back to the checkpoint it started from
     llm.fail_kinds = {"respond"}
@@ -36,6 +56,13 @@ def test_history_is_pruned_to_the_last_k_and_the_thread_still_works(settings: Se
     # the inspector: the last prompt, with the message of the last turn, and its token counts
     ctx = mc.context("t")
     assert ctx["turn"] == 9 and ctx["messages"][-1]["content"].endswith("and now?") and ctx["sections"]["total"] > 0
+    if type(mc.checkpointer).__name__ == "PostgresSaver":  # no channel blob outlives the checkpoints using it
+        with mc.checkpointer.conn.connection() as conn:
+            orphans = conn.execute(
+                "SELECT count(*) AS n FROM checkpoint_blobs b WHERE thread_id = 't' AND NOT EXISTS (SELECT 1 FROM "
+                "checkpoints c WHERE c.thread_id = b.thread_id AND c.checkpoint -> 'channel_versions' ->> b.channel "
+                "= b.version)").fetchone()["n"]
+        assert orphans == 0
 
 
 def test_checkpoints_carry_no_prompt_and_views_survive_a_restart(settings: Settings) -> None:
