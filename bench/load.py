@@ -42,10 +42,12 @@ import httpx
 from rich.table import Table
 
 from bench.common import emit, parse_overrides, pct
+from bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_table
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+SERVER_PIDS: dict[str, int] = {}  # root URL → pid of a `memchat serve` started here (for its CPU time)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +128,10 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(base, lambda: proc.poll() is None)
+            SERVER_PIDS[base] = proc.pid
             yield base
         finally:
+            SERVER_PIDS.pop(base, None)
             _stop(proc)
             if log and not isinstance(out, int):
                 out.close()
@@ -202,13 +206,15 @@ def _read_stream(resp: httpx.Response, t0: float) -> tuple[str, float | None]:
 
 def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, users: int = 0, stream: bool = False,
              echo: bool = True, strict: bool = False, run: str | None = None, timeout: float = 300.0,
-             warmup: bool = True, on_turn: Callable[[], None] | None = None, l0_turns: int = 5) -> dict[str, Any]:
+             warmup: bool = True, on_turn: Callable[[], None] | None = None, l0_turns: int = 5,
+             cpu: Callable[[], float | None] | None = None) -> dict[str, Any]:
     """Run ``threads`` conversations of ``turns`` turns in parallel against ``base``; check and measure.
 
     ``echo``: the server's LLM echoes the last user message (the stub): replies must carry their own
     marker when nothing recalled was put in front of the message (``strict``: always). ``users``: distinct
     user ids (0: one per thread). ``warmup``: one untimed turn on a thread of its own first. ``l0_turns``: the
-    server's N, to split the first-token times of compaction turns (2N+1, 3N+1, …) from the others."""
+    server's N, to split the first-token times of compaction turns (2N+1, 3N+1, …) from the others. ``cpu``:
+    the server's CPU seconds so far (:func:`server_cpu`), read around the timed part."""
     run = run or secrets.token_hex(2)
     pattern = re.compile(rf"\[{re.escape(run)}-t(\d{{3}})-n(\d{{3}})\]")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -272,10 +278,12 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
             if echo and (strict or recalled == 0) and mark not in reply:
                 tally.problem(f"{tids[i]} turn {n}: the reply lacks {mark}: {reply[:80]!r}")
 
+    cpu0 = cpu() if cpu else None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="load") as pool:
         list(pool.map(conversation, range(threads)))
     wall = time.perf_counter() - t0
+    cpu1 = cpu() if cpu else None
 
     lost = 0
     for i, tid in enumerate(tids):  # what the server kept
@@ -313,6 +321,10 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
                        "max": round(max(lat), 1) if lat else 0.0},
         "problems": tally.problems,
     }
+    if cpu0 is not None and cpu1 is not None:
+        out["server_cpu_s"] = round(cpu1 - cpu0, 2)
+        out["cpu_s_per_turn"] = round((cpu1 - cpu0) / tally.ok, 4) if tally.ok else None
+        out["server_cores_busy"] = round((cpu1 - cpu0) / wall, 2) if wall else None
     if tally.ttfts or tally.compaction_ttfts:
         ttft = [x * 1000 for x in tally.ttfts + tally.compaction_ttfts]
         out["ttft_ms"] = {"p50": round(pct(ttft, 50), 1), "p95": round(pct(ttft, 95), 1)}
@@ -366,6 +378,9 @@ def table(res: dict[str, Any], where: str) -> Table:
             ("latency p50 / p95 / p99 (ms)",
              f"{res['latency_ms']['p50']:.0f} / {res['latency_ms']['p95']:.0f} / {res['latency_ms']['p99']:.0f}"),
             ("wall time (s)", f"{res['wall_s']:.1f}")]
+    if res.get("cpu_s_per_turn") is not None:
+        rows.append(("server CPU per turn (ms)", f"{res['cpu_s_per_turn'] * 1000:.0f}"))
+        rows.append(("server cores busy (CPU s / wall s)", f"{res['server_cores_busy']:.2f}"))
     if "ttft_ms" in res:
         tt = res["ttft_ms"]
         rows.append(("time to first token p50 / p95 (ms)", f"{tt['p50']:.0f} / {tt['p95']:.0f}"))
@@ -402,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     ap.add_argument("--llm-delay", type=float, default=0.0, help="seconds the stub LLM waits before each answer")
+    ap.add_argument("--sweep", help="concurrencies to run one after another (e.g. 1,10,50): a table and a PNG")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = ap.parse_args(argv)
     if a.threads < 1 or a.turns < 1:
@@ -416,7 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         key = secrets.token_urlsafe(16)
         with stub_llm(a.llm_delay) as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
                 memchat_server(llm, Path(d), key, overrides, a.server) as base:
-            res = run_load(base, key, echo=True, **kw)  # type: ignore[arg-type]
+            cpu = server_cpu(base, SERVER_PIDS)
+            if a.sweep:
+                return _sweep(base, key, parse_sweep(a.sweep), kw, cpu, a.json)
+            res = run_load(base, key, echo=True, cpu=cpu, **kw)  # type: ignore[arg-type]
         where = f"stub LLM, memchat serve {'subprocess' if a.server == 'process' else 'in-process'}"
         res["settings"] = overrides
         res["llm_delay_s"] = a.llm_delay
@@ -424,6 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     res["cpus"] = os.cpu_count()
     emit([table(res, where)], res, a.json, notes=[f"problem: {p}" for p in res["problems"][:10]])
     return 0 if res["errors"] == 0 and res["lost_turns"] == 0 and res["crosstalk"] == 0 else 1
+
+
+def _sweep(base: str, key: str, threads: list[int], kw: dict[str, Any], cpu: Any, as_json: bool) -> int:
+    runs = [run_load(base, key, echo=True, cpu=cpu, warmup=i == 0, **{**kw, "threads": n})
+            for i, n in enumerate(threads)]
+    where = "stub LLM, local memchat serve"
+    res = {"bench": "load-sweep", "runs": runs, "cpus": os.cpu_count(), "plot": str(sweep_plot(runs))}
+    emit([sweep_table(runs, where)], res, as_json, notes=[f"plot: {res['plot']}"])
+    return 0 if all(r["errors"] == 0 and r["lost_turns"] == 0 and r["crosstalk"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from langchain_core.runnables import RunnableConfig
 
 from graph import deadline
 from graph.builder import build_graph
+from graph.checkpoint_prune import prune
 from graph.engine import Engine, get_engine
 from graph.extraction import schedule as schedule_extraction
 from graph.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
@@ -28,6 +29,7 @@ from graph.persistence import ThreadBusy, ThreadLeases
 from graph.receipts import find_receipt, fingerprint, key_hash
 from graph.registry import ThreadRegistry, legacy_user, speakers
 from graph.settings import Settings
+from graph.views import TurnViews
 from nodes.common import completed_pairs, l0_turns, text_of
 from nodes.summarize import schedule_next, summarize_l2
 from nodes.update_slots import head_snapshot
@@ -62,6 +64,7 @@ class MemChat:
         self.store = self.graph.store
         self.leases = ThreadLeases(self.settings)  # one turn per thread across processes / replicas
         self.registry = ThreadRegistry(self.store)  # threads, their speakers, users being forgotten
+        self.views = TurnViews(self.store)  # the last prompt and retrievals per thread, outside the checkpoints
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.outbox = Outbox(self.store)  # threads whose vector-memory writes wait for the store to return
@@ -70,7 +73,7 @@ class MemChat:
     # ---- config & locks ------------------------------------------------------------------
     def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
                context: str | None = None) -> RunnableConfig:
-        conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True}
+        conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True, "views_out": True}
         if user_id:
             conf["user_id"] = user_id
         if llm_params:
@@ -153,6 +156,10 @@ class MemChat:
                 cfg["configurable"]["receipt"] = {**(receipt or {}), "key": key_hash(idempotency_key),
                                                   "fingerprint": fp}
             turn = int((pre.values or {}).get("turn") or 0) + 1
+            last = self.views.load(thread_id, turn - 1)
+            if last:
+                cfg["configurable"]["prev_context"] = last.get("context")
+            view: dict[str, Any] = {}
             inp: dict[str, Any] = {"messages": [HumanMessage(content=message, id=f"user:{thread_id}:{turn}")]}
             if persona is not None:
                 inp["persona"] = persona
@@ -160,7 +167,7 @@ class MemChat:
                 inp["user_id"] = user_id
             final: dict[str, Any] = {}
             try:
-                for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values"],
+                for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values", "custom"],
                                                     durability="exit"):
                     if mode == "messages":
                         chunk, meta = data  # type: ignore[misc,str-unpack]
@@ -170,6 +177,8 @@ class MemChat:
                                 yield text
                     elif mode == "values":
                         final = data  # type: ignore[assignment]
+                    elif mode == "custom" and isinstance(data, dict) and "memchat_view" in data:
+                        view = data["memchat_view"]
                 if int(final.get("turn") or 0) != turn:
                     raise RuntimeError("the turn did not complete")
                 if until is not None and time.monotonic() > until:  # the client was told 504: undo it
@@ -179,10 +188,11 @@ class MemChat:
                 self._rollback(thread_id, pre)
                 raise
             self._flush(final, thread_id=thread_id)  # vector memory last: nothing after it can fail the turn
+            self._after_commit(thread_id, view)
+            ctx = dict(view.get("context") or final.get("context") or {})
             if self.settings.summaries_in_background:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
-            schedule_extraction(self.engine, thread_id, final)  # LLM slot tier, applied by the next turn
-            ctx = dict(final.get("context") or {})
+            schedule_extraction(self.engine, thread_id, {**final, "context": ctx})  # LLM slot tier, next turn
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),
                              cached_tokens=ctx.get("cached_tokens"), context=ctx, receipt=dict(receipt or {}))
@@ -198,6 +208,16 @@ class MemChat:
                 on_token(item)
         assert result is not None
         return result
+
+    def _after_commit(self, thread_id: str, view: dict[str, Any]) -> None:
+        """Keep the turn's view (last prompt, retrievals) and prune the thread's checkpoint history to the last
+        ``MEMCHAT_CHECKPOINT_KEEP``; neither can fail the committed turn."""
+        if view:
+            self.views.save(thread_id, view)
+        try:
+            prune(self.checkpointer, thread_id, self.settings.checkpoint_keep)
+        except Exception:
+            log.warning("pruning the checkpoint history failed; retried after the thread's next turn", exc_info=True)
 
     def _rollback(self, thread_id: str, pre: Any) -> None:
         if pre.config and pre.config.get("configurable", {}).get("checkpoint_id") and pre.values:
@@ -234,17 +254,22 @@ class MemChat:
             "l2": st.get("l2"),
             "recent_turns": [{"turn": t.turn, "user": t.user, "assistant": t.assistant} for t in l0_turns(st)]
             if st else [],
-            "retrieved": list(st.get("retrieved") or []),
+            "retrieved": list(self._view(thread_id, st).get("retrieved") or st.get("retrieved") or []),
             "counters": dict(st.get("counters") or {}),
         }
 
     def context(self, thread_id: str) -> dict[str, Any]:
         """The last prompt sent to the LLM with token counts per section."""
-        ctx = dict(self.state(thread_id).get("context") or {})
+        st = self.state(thread_id)
+        ctx = dict(self._view(thread_id, st).get("context") or st.get("context") or {})
         ctx["thread_id"] = thread_id
         ctx.setdefault("messages", [])
         ctx.setdefault("sections", {})
         return ctx
+
+    def _view(self, thread_id: str, st: dict[str, Any]) -> dict[str, Any]:
+        """The last-turn view that belongs to the thread's current turn ({} when none does)."""
+        return (self.views.load(thread_id, int(st.get("turn") or 0)) or {}) if st else {}
 
     def threads(self, user_id: str | None = None) -> list[dict[str, Any]]:
         """Known threads (all, or every thread ``user_id`` spoke in), most recent first."""
@@ -307,6 +332,7 @@ class MemChat:
     def _drop_thread(self, thread_id: str, st: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
         """Delete a thread the caller holds exclusively."""
         self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
+        self.views.drop(thread_id)
         scope = thread_scope(thread_id)
         removed = self.engine.memory.delete_thread(thread_id) + self.engine.memory.delete_user(scope)
         own = self.registry.drop_user(scope)

@@ -13,12 +13,16 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from langchain_core.embeddings import Embeddings
 
+from graph.embed_batch import MicroBatcher
+
 DEFAULT_IDENTITY = "all-MiniLM-L6-v2"
 HUB_PROBE_TIMEOUT = 3.0
+FEW_TEXTS = 64  # batches up to this size (the texts of the turns in flight) are encoded on one torch thread
 
 
 class EmbedderLoadError(RuntimeError):
@@ -137,6 +141,26 @@ class STEmbeddings(Embeddings):
                else self.model.get_sentence_embedding_dimension())
         self.dim = int(dim or 0)
         self._lock = threading.Lock()
+        self._batch = MicroBatcher(self._encode)  # concurrent turns share one encode call
+
+    def _encode(self, texts: list[str]) -> Any:
+        """One ``encode`` call. Serving-size batches run on one torch thread: on a busy machine (request
+        threads, an LLM server on the same cores) a multi-threaded forward pass waits for every thread
+        (p95 of one query 369 ms with 2 threads vs 23 ms with 1, measured on 2 cores); big batches
+        (pre-fills, re-indexing) keep torch's setting."""
+        import torch
+
+        with self._lock:
+            old = torch.get_num_threads()
+            few = len(texts) <= FEW_TEXTS
+            if few:
+                torch.set_num_threads(1)
+            try:
+                return self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                                         show_progress_bar=False)
+            finally:
+                if few:
+                    torch.set_num_threads(old)
 
     @property
     def identity(self) -> str:
@@ -153,17 +177,13 @@ class STEmbeddings(Embeddings):
         """Embed stored documents."""
         if not texts:
             return []
-        with self._lock:
-            vecs = self.model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
-                                     show_progress_bar=False)
-        return [v.tolist() for v in vecs]
+        if len(texts) > FEW_TEXTS:  # a bulk call (pre-fill, re-index): on its own
+            return [v.tolist() for v in self._encode(texts)]
+        return [v.tolist() for v in self._batch(texts)]
 
     def embed_query(self, text: str) -> list[float]:
         """Embed a query (with the family's query prefix)."""
-        with self._lock:
-            vec = self.model.encode([self.query_prefix + text], normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False)[0]
-        return vec.tolist()  # type: ignore[no-any-return]
+        return self._batch([self.query_prefix + text])[0].tolist()  # type: ignore[no-any-return]
 
 
 @lru_cache(maxsize=4)

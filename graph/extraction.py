@@ -51,6 +51,8 @@ def cache_for(engine: Any) -> SummaryCache:
 def turn_key(thread_id: str, context: dict[str, Any] | None) -> str | None:
     """Key of a turn's extraction: the thread, the turn, its prompt's last message and its reply."""
     ctx = context or {}
+    if ctx.get("extraction_key"):  # a slim checkpointed context (the full prompt is in the last-turn view)
+        return str(ctx["extraction_key"])
     msgs = ctx.get("messages") or []
     if not ctx.get("turn") or not msgs:
         return None

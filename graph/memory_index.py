@@ -27,6 +27,7 @@ QUERY_CACHE = 64
 SMALL_BATCH = 8  # up to this many texts are embedded on one torch thread
 
 _torch_lock = threading.Lock()
+_self_threading = True  # the embedders in use manage torch's threads (graph/embeddings.py)
 
 
 @contextmanager
@@ -37,8 +38,11 @@ def _few_threads(active: bool = True) -> Iterator[None]:
     LLM server on the same cores) a multi-threaded forward pass waits for every thread: measured on 2
     cores next to other work, p95 of one query embedding 369 ms with 2 threads, 23 ms with 1.
     Batches (pre-fills, re-indexing) keep torch's setting.
+
+    The sentence-transformers embedder (``STEmbeddings``) sets the thread count per encode itself and
+    batches concurrent callers, which this lock would serialise: then this is a no-op.
     """
-    if not active:
+    if not active or _self_threading:
         yield
         return
     try:

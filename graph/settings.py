@@ -90,6 +90,8 @@ class Settings(BaseSettings):
                              "(renewed every third of it while held)")
     thread_queue: int = Field(4, ge=0, description="Requests that may wait for one busy thread; more get 409 at once")
     idempotency_keys: int = Field(20, ge=1, description="Idempotency keys remembered per thread (the last N)")
+    checkpoint_keep: int = Field(8, ge=0, description="Checkpoints kept per thread (the last K: rollback, crash "
+                                 "recovery, the inspector); 0 = keep every checkpoint")
     history_on_existing_thread: Literal["reject", "ignore"] = Field(
         "reject", description="Earlier messages sent to an existing thread: 400 (reject) or ignore with a warning header")
     background_summaries: bool = Field(True, description="Compute the next compaction's summary after the reply")

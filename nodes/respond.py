@@ -10,10 +10,12 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
 from graph import deadline
 from graph.engine import Engine, get_engine
+from graph.extraction import turn_key
 from graph.llm import cached_tokens, classify_error, response_format_for
 from graph.prompt import assemble, prefix_reuse, render_head
 from graph.recall_policy import carries_fact
@@ -107,12 +109,12 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
                       response_metadata={"turn": turn})
     cached = cached_tokens(reply)
-    prev = state.get("context") or {}
+    conf = (config or {}).get("configurable") or {}
+    prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
     # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
     _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
     docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
-    conf = (config or {}).get("configurable") or {}
     if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
         eng.store_docs(docs)
     metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
@@ -121,6 +123,13 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
     counters = {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
                 "cached_tokens": int(cached or 0)}
+    context = {
+        "turn": turn, "messages": asm.messages, "reply": reply_text, "sections": asm.sections,
+        "cached_tokens": cached, "prefix_reuse": round(reuse, 4), "ttft_s": ttft,
+        "latency_s": round(time.perf_counter() - t0, 4), "usage": usage,
+        "dropped_turns": asm.dropped_turns, "rebased": asm.rebased, "truncated": asm.truncated_message,
+        "retrieved_ids": [m.get("id") for m in asm.memories],
+    }
     return {
         "messages": [reply],
         "turn": turn,
@@ -128,13 +137,7 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
         "candidates": [],
         "pending_facts": [],
         "memory_rebase": False,
-        "context": {
-            "turn": turn, "messages": asm.messages, "reply": reply_text, "sections": asm.sections,
-            "cached_tokens": cached, "prefix_reuse": round(reuse, 4), "ttft_s": ttft,
-            "latency_s": round(time.perf_counter() - t0, 4), "usage": usage,
-            "dropped_turns": asm.dropped_turns, "rebased": asm.rebased, "truncated": asm.truncated_message,
-            "retrieved_ids": [m.get("id") for m in asm.memories],
-        },
+        **views_update(tid, context, list(state.get("retrieved") or []), conf),
         "counters": counters,
         "outbox": _outbox(state, docs, bool(conf.get("outbox_carry"))) if conf.get("defer_memory") else [],
         **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
@@ -148,6 +151,19 @@ def _outbox(state: State, docs: list[MemoryDoc], carry: bool) -> list[dict[str, 
     out = {d["id"]: d for d in (state.get("outbox") or []) if carry and isinstance(d, dict) and d.get("id")}
     out.update((d.id, asdict(d)) for d in docs)
     return list(out.values())
+
+
+def views_update(tid: str, context: dict[str, Any], retrieved: list[dict[str, Any]],
+                 conf: dict[str, Any]) -> dict[str, Any]:
+    """The state's ``context`` and ``retrieved``. Under MemChat (``views_out``) the full last prompt and the
+    retrievals go out on the custom stream (MemChat keeps them in one store entry per thread) and the state
+    keeps a slim summary, so that checkpoints stay small; otherwise the state keeps them whole."""
+    if not conf.get("views_out"):
+        return {"context": context, "retrieved": retrieved}
+    get_stream_writer()({"memchat_view": {"turn": context["turn"], "context": context, "retrieved": retrieved}})
+    slim = {k: v for k, v in context.items() if k not in ("messages", "reply")}
+    slim["extraction_key"] = turn_key(tid, context)
+    return {"context": slim, "retrieved": []}
 
 
 def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,

@@ -139,3 +139,13 @@ def test_locomo_live_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     # the radix stub: later turns reuse the earlier prompt + reply, so uncached < prompt
     assert 0 < p["uncached_per_turn_mean"] < p["prompt_tokens_mean_all_turns"]
     assert p["baselines"]["recent_window"]["prompt_tokens"] > 0
+
+
+def test_footprint_flat_after_k(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import footprint
+
+    assert footprint.main(["--turns", "12", "--keep", "3", "--json"]) == 0
+    res = last_json(capsys)
+    rows = {r["turn"]: r for r in res["rows"]}
+    assert [rows[t]["checkpoints"] for t in (1, 2, 5, 10, 12)] == [1, 2, 3, 3, 3]
+    assert res["view_bytes"] > 0 and res["meets_target"] and Path(res["plot"]).exists()
