@@ -25,8 +25,15 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from graph.engine import Engine, get_engine
-from graph.memory_steps import finish, plan_prompt, prepare, to_messages, turn_messages, with_turn
-from graph.namespaces import public_user
+from graph.memory_steps import (
+    apply_update,
+    finish,
+    plan_prompt,
+    prepare,
+    to_messages,
+    turn_messages,
+    with_turn,
+)
 from graph.settings import Settings
 
 __all__ = ["MemchatAgentState", "MemchatMiddleware"]
@@ -83,13 +90,12 @@ class MemchatMiddleware(AgentMiddleware[MemchatAgentState, Any, Any]):
     def wrap_model_call(self, request: ModelRequest[Any],
                         handler: Any) -> ModelResponse[Any] | AIMessage:
         """Every model call of the turn sees the planned prompt + the turn's tool calls and results."""
-        pending: Any = request.state.get("memchat_turn")
-        if not pending:
-            return handler(request)  # type: ignore[no-any-return]
-        system = request.system_message.text if request.system_message is not None else None
-        prompt = to_messages(pending["plan"], system)
-        msgs = with_turn(self.engine, prompt, turn_messages(request.messages, pending.get("human_id")))
-        return handler(request.override(messages=msgs, system_message=None))  # type: ignore[arg-type,no-any-return]
+        return handler(self._request(request))  # type: ignore[no-any-return]
+
+    async def awrap_model_call(self, request: ModelRequest[Any],
+                               handler: Any) -> ModelResponse[Any] | AIMessage:
+        """Async :meth:`wrap_model_call`."""
+        return await handler(self._request(request))  # type: ignore[no-any-return]
 
     def after_agent(self, state: MemchatAgentState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Write the turn to memory and commit the thread's memory state."""
@@ -104,18 +110,23 @@ class MemchatMiddleware(AgentMiddleware[MemchatAgentState, Any, Any]):
         config = self._config()
         sub = pending["state"]
         done = finish(sub, config, self.engine, runtime.store, pending["plan"], reply, turn[:-1])
-        from graph.memory_steps import apply_update
-
         mem = apply_update(sub, done)
         mem["last_id"] = msgs[-1].id
         return {"memchat": mem, "memchat_turn": None}
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _request(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
+        pending: Any = request.state.get("memchat_turn")
+        if not pending:
+            return request
+        system = request.system_message.text if request.system_message is not None else None
+        prompt = to_messages(pending["plan"], system)
+        msgs = with_turn(self.engine, prompt, turn_messages(request.messages, pending.get("human_id")))
+        return request.override(messages=msgs, system_message=None)  # type: ignore[arg-type]
+
     def _config(self) -> RunnableConfig:
         conf = dict((get_config() or {}).get("configurable") or {})
         conf.setdefault("thread_id", "default")
-        if conf.get("user_id"):
-            conf["user_id"] = public_user(str(conf["user_id"])) or conf["user_id"]
         return {"configurable": conf}
 
     @staticmethod

@@ -198,3 +198,16 @@ def test_sglang_stub_tool_loop_is_cached(settings: Settings, stub: str) -> None:
     for m in replies[1:]:
         prompt = int((m.usage_metadata or {})["input_tokens"])
         assert (cached_tokens(m) or 0) >= 0.9 * prompt, (cached_tokens(m), prompt)
+
+
+def test_async_agent_gets_the_same_prompt(engine: Engine) -> None:
+    import asyncio
+
+    model = ToolScriptedModel(policy=tool_policy(plan))
+    agent = agent_for(engine, model)
+    cfg = {"configurable": {"thread_id": "a1", "user_id": "u1"}}
+    for text in SCRIPT[:2] + ["What is the status of my order?"]:
+        asyncio.run(agent.ainvoke({"messages": [{"role": "user", "content": text}]}, cfg))
+    assert len(model.calls) == 5 and all("Li Ming" in str(c[0].content) for c in model.calls[1:])
+    assert any(DEPOT in str(m.content) for m in model.calls[-1])
+    assert asyncio.run(agent.aget_state(cfg)).values["memchat"]["turn"] == 3
