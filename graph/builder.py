@@ -6,14 +6,15 @@ from functools import partial
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
 from graph.engine import Engine, get_engine
+from graph.memory_steps import add_memory_nodes
 from graph.settings import Settings
 from graph.state import State
-from nodes import extract_facts, respond, retrieve, should_summarize, summarize, update_slots
+from nodes import respond, should_summarize
 
 
 def _wire(engine: Engine | None) -> StateGraph:
@@ -30,16 +31,8 @@ def _wire(engine: Engine | None) -> StateGraph:
         return should_summarize(state, {"configurable": {"__memchat_engine": engine}})
 
     g = StateGraph(State)
-    g.add_node("extract_facts", bind(extract_facts))
-    g.add_node("update_slots", bind(update_slots))
-    g.add_node("summarize", bind(summarize))
-    g.add_node("retrieve", bind(retrieve))
+    add_memory_nodes(g, bind, route, then="respond")  # the same four nodes as graph.memory_graph
     g.add_node("respond", bind(respond))
-    g.add_edge(START, "extract_facts")
-    g.add_edge("extract_facts", "update_slots")
-    g.add_conditional_edges("update_slots", route, {"summarize": "summarize", "retrieve": "retrieve"})
-    g.add_edge("summarize", "retrieve")
-    g.add_edge("retrieve", "respond")
     g.add_edge("respond", END)
     return g
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
 from graph.namespaces import LEGACY_ANONYMOUS, thread_scope
-from graph.prompt import Turn
+from graph.prompt import Assembled, Turn, assemble, render_head
 
 
 def thread_id(config: RunnableConfig | None) -> str:
@@ -87,3 +88,25 @@ def with_context(message: str, context: str) -> str:
     from prompts import load_prompt
 
     return load_prompt("request_context").strip().format(context=context) + "\n\n" + message
+
+
+def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: Any
+                ) -> tuple[Assembled, list[Turn], list[str], str]:
+    """The turn's prefix-stable prompt within budget: (assembled prompt, the L0 turns as sent, the slot
+    notes of the tail, the turn's date and time)."""
+    from graph.slots import describe_change
+
+    message = text_of(current_message(state))
+    turns = l0_turns(state)
+    if state.get("memory_rebase"):
+        turns = [t.bare() for t in turns]
+    head = state.get("head") or {}
+    head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
+    notes = [n for n in (describe_change(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
+    asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
+                   turns=turns, message=with_context(message, request_context(config)),
+                   memories=list(state.get("retrieved") or []), notes=notes, now=date)
+    if asm.rebased:
+        turns = [t.bare() for t in turns]
+    return asm, turns, notes, date

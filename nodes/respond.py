@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
@@ -17,16 +15,14 @@ from graph import deadline
 from graph.engine import Engine, get_engine
 from graph.extraction import turn_key
 from graph.llm import cached_tokens, classify_error, response_format_for
-from graph.prompt import assemble, prefix_reuse, render_head
-from graph.recall_policy import carries_fact
+from graph.memory_api import fact_id, memory_docs, write_profile
+from graph.prompt import prefix_reuse
 from graph.receipts import add_receipt
-from graph.rules import free_facts
-from graph.slots import REMOVED
 from graph.state import State, TurnMeta
-from graph.vectorstore import MemoryDoc, msg_id
-from nodes.common import current_message, l0_turns, request_context, text_of, thread_id, user_id, with_context
-from nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
+from graph.vectorstore import MemoryDoc
+from nodes.common import current_message, text_of, thread_id, turn_prompt, user_id
 
+__all__ = ["fact_id", "respond", "to_lc"]
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
 
 
@@ -53,11 +49,6 @@ def _llm_params(eng: Engine, config: RunnableConfig) -> dict[str, Any]:
     return out
 
 
-def fact_id(user: str, text: str) -> str:
-    """Content-addressed id of a user-scoped fact (the same fact is stored once)."""
-    return "fact:" + hashlib.sha1(f"{user}\n{' '.join(text.lower().split())}".encode()).hexdigest()[:20]
-
-
 def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
             engine: Engine | None = None) -> dict[str, Any]:
     """One LLM call on the hot path. Side effects only after the reply: the audit log and profile, then vector
@@ -67,18 +58,7 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     turn = int(state.get("turn") or 0) + 1
     human = current_message(state)
     message = text_of(human)
-    turns = l0_turns(state)
-    if state.get("memory_rebase"):
-        turns = [t.bare() for t in turns]
-    head = state.get("head") or {}
-    head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
-    notes = [n for n in (_describe(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
-    asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
-                   turns=turns, message=with_context(message, request_context(config)),
-                   memories=list(state.get("retrieved") or []), notes=notes, now=date)
-    if asm.rebased:
-        turns = [t.bare() for t in turns]
+    asm, turns, notes, date = turn_prompt(state, config, eng)
     llm = eng.llm
     params = _llm_params(eng, config)
     left = deadline.remaining()
@@ -113,8 +93,8 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
     # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
-    _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
-    docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
+    write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
+    docs = memory_docs(state, tid, uid, turn, message, reply_text, date)
     if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
         eng.store_docs(docs)
     metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
@@ -166,37 +146,6 @@ def views_update(tid: str, context: dict[str, Any], retrieved: list[dict[str, An
     return {"context": slim, "retrieved": []}
 
 
-def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,
-                 date: str) -> list[MemoryDoc]:
-    """The turn's vector memories: both messages (thread-scoped) and the user's free facts."""
-    docs = [
-        MemoryDoc(id=msg_id(tid, 2 * turn - 1), text=message, user_id=uid, thread_id=tid, kind="turn", speaker="user",
-                  turn=turn, seq=2 * turn - 1, date=date),
-        MemoryDoc(id=msg_id(tid, 2 * turn), text=reply_text, user_id=uid, thread_id=tid, kind="turn",
-                  speaker="assistant", turn=turn, seq=2 * turn, date=date),
-    ]
-    # facts: only statements that carry one (no chit-chat such as "好的，我考虑一下。")
-    facts = [f for f in free_facts(message) if carries_fact(f)] + [str(p["text"]) for p in state.get("pending_facts") or []]
-    docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
-                       date=date, scope="user") for f in dict.fromkeys(facts)]
-    return docs
-
-
-def _write_profile(store: Any, state: State, tid: str, uid: str, turn: int) -> None:
-    """The slot audit log and the user's cross-thread profile (idempotent keys)."""
-    if store is None:
-        return
-    slots = state.get("slots") or {}
-    for i, ev in enumerate(state.get("slot_changes") or []):
-        store.put(audit_namespace(uid), f"{tid}:{turn}:{i}", dict(ev))
-        key = ev["key"]
-        if key.split(":", 1)[0] in PROFILE_KINDS:
-            if key in slots and ev["action"] in ("set", "corrected"):
-                store.put(profile_namespace(uid), key, dict(slots[key]))
-            elif ev["action"] in REMOVED:
-                store.delete(profile_namespace(uid), key)
-
-
 def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage: dict[str, Any], cached: Any,
              sections: dict[str, Any], dropped: Any, reuse: float, memories: list[dict[str, Any]]
              ) -> dict[str, Any]:
@@ -208,8 +157,3 @@ def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage
                           "retrieved_ids": [m.get("id") for m in memories]}}
     return {"receipts": add_receipt(state.get("receipts") or [], {**request, **result}, keep)}
 
-
-def _describe(ev: dict[str, Any]) -> str:
-    from graph.slots import describe_change
-
-    return describe_change(ev)

@@ -292,6 +292,25 @@ def render_chatml(messages: Sequence[JSONDict], model: str = DEFAULT_MODEL) -> s
     return "".join(out)
 
 
+_TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[JSONDict] | None]:
+    """Qwen2.5's ``<tool_call>{"name", "arguments"}</tool_call>`` blocks in a generation as OpenAI
+    ``tool_calls`` (what SGLang's ``--tool-call-parser qwen25`` does; non-streamed answers only)."""
+    calls: list[JSONDict] = []
+    for raw in _TOOL_CALL.findall(text):
+        data = json.loads(raw)
+        args = data.get("arguments", {})
+        calls.append({"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function", "index": len(calls),
+                      "function": {"name": data.get("name", ""),
+                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    if not calls:
+        return text, None
+    rest = _TOOL_CALL.sub("", text).strip()
+    return rest or None, calls
+
+
 _LEAD_BLOCKS = re.compile(r"\A(?:\s*<(memory|memory-update|now)>.*?</\1>)+\s*", re.S)
 
 
@@ -772,16 +791,17 @@ def create_app(
             )
         choice: JSONDict
         if chat:
+            content, calls = parse_tool_calls(gen.text) if body.get("tools") else (gen.text, None)
             choice = {
                 "index": 0,
                 "message": {
                     "role": "assistant",
-                    "content": gen.text,
+                    "content": content,
                     "reasoning_content": None,
-                    "tool_calls": None,
+                    "tool_calls": calls,
                 },
                 "logprobs": None,
-                "finish_reason": gen.finish_reason,
+                "finish_reason": "tool_calls" if calls else gen.finish_reason,
                 "matched_stop": gen.matched_stop,
             }
         else:
