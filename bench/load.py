@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from bench.common import emit, parse_overrides, pct
+from memchat.bench.common import emit, parse_overrides, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "sglang_stub.py"
@@ -122,7 +122,7 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         env.update({f"MEMCHAT_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
         env.setdefault("MEMCHAT_LOG_LEVEL", "WARNING")
         out = log.open("ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(base, lambda: proc.poll() is None)
@@ -134,9 +134,9 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         return
     import uvicorn
 
-    from graph.chat import MemChat
-    from graph.settings import Settings
-    from server.app import create_app
+    from memchat.chat import MemChat
+    from memchat.server.app import create_app
+    from memchat.settings import Settings
 
     s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     app = create_app(s, MemChat(s))
@@ -345,7 +345,7 @@ def _scrape(client: httpx.Client) -> dict[str, float] | None:
         r = client.get("/metrics")
         if r.status_code != 200:
             return None
-        from server.metrics import samples
+        from memchat.server.metrics import samples
 
         return samples(r.text)
     except (httpx.HTTPError, ValueError, ImportError):

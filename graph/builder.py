@@ -10,10 +10,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
-from graph.engine import Engine, get_engine
-from graph.settings import Settings
-from graph.state import State
-from nodes import extract_facts, respond, retrieve, should_summarize, summarize, update_slots
+from memchat.backends.engine import Engine, get_engine
+from memchat.memory.state import State
+from memchat.nodes import extract_facts, respond, retrieve, should_summarize, summarize, update_slots
+from memchat.settings import Settings
 
 
 def _wire(engine: Engine | None) -> StateGraph:
@@ -50,11 +50,11 @@ def build_graph(settings: Settings | None = None, checkpointer: BaseCheckpointSa
     (SQLite under the data dir, or PostgreSQL by ``MEMCHAT_CHECKPOINT_URL``)."""
     eng = engine or get_engine(settings)
     if checkpointer is True:
-        from graph.persistence import make_checkpointer
+        from memchat.backends.persistence import make_checkpointer
 
         checkpointer = make_checkpointer(eng.settings)
     if store is True:
-        from graph.persistence import make_store
+        from memchat.backends.persistence import make_store
 
         store = make_store(eng.settings)
     compiled = _wire(eng).compile(checkpointer=checkpointer or None, store=store or None, name="memchat")

@@ -8,8 +8,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
-from graph.namespaces import LEGACY_ANONYMOUS, thread_scope
-from graph.prompt import Turn
+from memchat.memory.namespaces import LEGACY_ANONYMOUS, thread_scope
+from memchat.memory.prompt import Turn
 
 
 def thread_id(config: RunnableConfig | None) -> str:
@@ -84,6 +84,6 @@ def with_context(message: str, context: str) -> str:
     """The new message with the per-request context block in front (volatile tail only, never stored)."""
     if not context:
         return message
-    from prompts import load_prompt
+    from memchat.prompts import load_prompt
 
     return load_prompt("request_context").strip().format(context=context) + "\n\n" + message

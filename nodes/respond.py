@@ -12,17 +12,25 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.llm import cached_tokens, classify_error, response_format_for
-from graph.prompt import assemble, prefix_reuse, render_head
-from graph.recall_policy import carries_fact
-from graph.receipts import add_receipt
-from graph.rules import free_facts
-from graph.slots import REMOVED
-from graph.state import State, TurnMeta
-from graph.vectorstore import MemoryDoc, msg_id
-from nodes.common import current_message, l0_turns, request_context, text_of, thread_id, user_id, with_context
-from nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
+from memchat.backends.engine import Engine, get_engine
+from memchat.backends.llm import cached_tokens, classify_error, response_format_for
+from memchat.backends.vectorstore import MemoryDoc, msg_id
+from memchat.memory.prompt import assemble, prefix_reuse, render_head
+from memchat.memory.recall_policy import carries_fact
+from memchat.memory.receipts import add_receipt
+from memchat.memory.rules import free_facts
+from memchat.memory.slots import REMOVED
+from memchat.memory.state import State, TurnMeta
+from memchat.nodes.common import (
+    current_message,
+    l0_turns,
+    request_context,
+    text_of,
+    thread_id,
+    user_id,
+    with_context,
+)
+from memchat.nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
 
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
 
@@ -176,6 +184,6 @@ def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage
 
 
 def _describe(ev: dict[str, Any]) -> str:
-    from graph.slots import describe_change
+    from memchat.memory.slots import describe_change
 
     return describe_change(ev)

@@ -7,12 +7,12 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
-from graph.engine import Engine, get_engine
-from graph.prompt import memory_line
-from graph.recall_policy import asks, content_free
-from graph.state import State
-from graph.vectorstore import msg_id
-from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
+from memchat.backends.engine import Engine, get_engine
+from memchat.backends.vectorstore import msg_id
+from memchat.memory.prompt import memory_line
+from memchat.memory.recall_policy import asks, content_free
+from memchat.memory.state import State
+from memchat.nodes.common import current_message, l0_turns, text_of, thread_id, user_id
 
 log = logging.getLogger("memchat.retrieve")
 

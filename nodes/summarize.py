@@ -10,16 +10,16 @@ from typing import Any
 from langchain_core.messages import HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
 
-from graph.engine import Engine, get_engine
-from graph.llm import json_schema_format, response_format_for
-from graph.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
-from graph.prompt import Turn
-from graph.rules import sentences
-from graph.slots import grounded
-from graph.state import State
-from nodes.common import completed_pairs, l0_turns, text_of, thread_id
-from nodes.update_slots import head_snapshot
-from prompts import load_prompt
+from memchat.backends.engine import Engine, get_engine
+from memchat.backends.llm import json_schema_format, response_format_for
+from memchat.backends.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
+from memchat.memory.prompt import Turn
+from memchat.memory.rules import sentences
+from memchat.memory.slots import grounded
+from memchat.memory.state import State
+from memchat.nodes.common import completed_pairs, l0_turns, text_of, thread_id
+from memchat.nodes.update_slots import head_snapshot
+from memchat.prompts import load_prompt
 
 log = logging.getLogger("memchat.summarize")
 
@@ -38,7 +38,7 @@ def l1_coverage(l1: list[dict[str, Any]]) -> int:
 
 def should_summarize(state: State, config: RunnableConfig | None = None) -> str:
     """Route: ``summarize`` when L0 reached 2×N turns, L1 is due for L2, or L2 was requested."""
-    from graph.settings import get_settings
+    from memchat.settings import get_settings
 
     s = _settings(config) or get_settings()
     n = s.l0_turns
@@ -194,7 +194,7 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
     return update
 
 
-# ---- background: the next compaction's summaries, computed after the reply (graph.precompute) ----
+# ---- background: the next compaction's summaries, computed after the reply (memchat.backends.precompute) ----
 
 
 def schedule_next(engine: Engine, thread_id: str, state: Mapping[str, Any]) -> bool:

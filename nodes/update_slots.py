@@ -8,11 +8,11 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.namespaces import audit_namespace, profile_namespace, search_all
-from graph.slots import LOG_LIMIT, REMOVED, apply_operations, expire
-from graph.state import Slot, State
-from nodes.common import thread_id, user_id
+from memchat.backends.engine import Engine, get_engine
+from memchat.memory.namespaces import audit_namespace, profile_namespace, search_all
+from memchat.memory.slots import LOG_LIMIT, REMOVED, apply_operations, expire
+from memchat.memory.state import Slot, State
+from memchat.nodes.common import thread_id, user_id
 
 PROFILE_KINDS = ("fact", "preference", "instruction")
 __all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespace", "update_slots"]

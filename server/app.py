@@ -30,8 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from graph.chat import MemChat, TurnResult
-from graph.llm import (
+from memchat.backends.llm import (
     BackendBusy,
     BackendError,
     BackendInfo,
@@ -40,23 +39,23 @@ from graph.llm import (
     classify_error,
     probe_backend,
 )
-from graph.local_server import LLMStartupError
-from graph.namespaces import thread_scope
-from graph.observability import configure_logging, request_id_var, uvicorn_log_config
-from graph.persistence import ThreadBusy
-from graph.receipts import IdempotencyConflict
-from graph.settings import Settings, get_settings
-from server import auth, tenancy
-from server import login as login_routes
-from server.admission import ThreadGate, idempotency_key
-from server.guard import RequestGuardMiddleware, parse_allowed_hosts
-from server.history import IMPORTED_HEADER, prepare_thread, request_context, undo_import_on_failure
-from server.keys import KeyStore
-from server.langserve_routes import GraphPrecheck
-from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from server.metrics import ServerMetrics, TurnObserver
-from server.middleware import BodySizeMiddleware, RequestContextMiddleware
-from server.schemas import (
+from memchat.backends.local_server import LLMStartupError
+from memchat.backends.observability import configure_logging, request_id_var, uvicorn_log_config
+from memchat.backends.persistence import ThreadBusy
+from memchat.chat import MemChat, TurnResult
+from memchat.memory.namespaces import thread_scope
+from memchat.memory.receipts import IdempotencyConflict
+from memchat.server import auth, tenancy
+from memchat.server import login as login_routes
+from memchat.server.admission import ThreadGate, idempotency_key
+from memchat.server.guard import RequestGuardMiddleware, parse_allowed_hosts
+from memchat.server.history import IMPORTED_HEADER, prepare_thread, request_context, undo_import_on_failure
+from memchat.server.keys import KeyStore
+from memchat.server.langserve_routes import GraphPrecheck
+from memchat.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from memchat.server.metrics import ServerMetrics, TurnObserver
+from memchat.server.middleware import BodySizeMiddleware, RequestContextMiddleware
+from memchat.server.schemas import (
     SYSTEM_ROLES,
     USER_REQUIRED,
     APIError,
@@ -71,10 +70,11 @@ from server.schemas import (
     new_completion_id,
     usage_block,
 )
-from server.stateless import StatelessResult, build_prompt, stream_answer
-from server.throttle import LoginThrottle
-from server.user_memory import build_user_prompt, stream_and_remember
-from server.users import mount_user_routes
+from memchat.server.stateless import StatelessResult, build_prompt, stream_answer
+from memchat.server.throttle import LoginThrottle
+from memchat.server.user_memory import build_user_prompt, stream_and_remember
+from memchat.server.users import mount_user_routes
+from memchat.settings import Settings, get_settings
 
 log = logging.getLogger("memchat.server")
 turn_log = logging.getLogger("memchat.turn")
@@ -698,7 +698,7 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
                 "memories_removed": res.get("memories_removed")}
 
     # ---- LangServe ----
-    from server.langserve_routes import mount_graph
+    from memchat.server.langserve_routes import mount_graph
 
     mount_graph(app, memchat, server.metrics, settings, gate=server.gate)
 

@@ -15,8 +15,8 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 # calls keep their order: the tier runs only where a test asks for it (tests/test_llm_extraction.py)
 os.environ.setdefault("MEMCHAT_LLM_EXTRACTION", "false")
 
-from graph.engine import Engine  # noqa: E402
-from graph.settings import Settings  # noqa: E402
+from memchat.backends.engine import Engine  # noqa: E402
+from memchat.settings import Settings  # noqa: E402
 from tests.fakes import ScriptedChatModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def engine(settings: Settings, fake_llm: ScriptedChatModel) -> Engine:
 @pytest.fixture
 def memchat(engine: Engine) -> Iterator[object]:
     """A MemChat (SQLite checkpoints and store) over the scripted LLM."""
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     yield MemChat(engine=engine)
 
@@ -82,6 +82,6 @@ def memchat(engine: Engine) -> Iterator[object]:
 @pytest.fixture
 def store_memchat(store_engine: Engine) -> Iterator[object]:
     """``memchat`` on each vector store kind."""
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     yield MemChat(engine=store_engine)

@@ -61,9 +61,9 @@ def serve_app(app: Any, timeout: float = 120.0) -> Iterator[str]:
 @contextlib.contextmanager
 def serve_memchat(stub: str, data_dir: Path, **overrides: Any) -> Iterator[str]:
     """A memchat server over the stub LLM with its own data dir; ``overrides`` are Settings fields."""
-    from graph.chat import MemChat
-    from graph.settings import Settings
-    from server.app import create_app
+    from memchat.chat import MemChat
+    from memchat.server.app import create_app
+    from memchat.settings import Settings
 
     overrides.setdefault("llm_extraction", "false")  # no second call per turn unless a test asks for it
     settings = Settings(llm_base_url=stub, llm_model=STUB_MODEL, data_dir=data_dir, _env_file=None,  # type: ignore[call-arg]

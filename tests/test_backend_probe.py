@@ -10,11 +10,11 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from graph import backend_check
-from graph.backend_check import check_all, report
-from graph.chat import MemChat
-from graph.llm import BackendError, make_chat_model, probe_backend
-from graph.settings import Settings
+from memchat.backends import backend_check
+from memchat.backends.backend_check import check_all, report
+from memchat.backends.llm import BackendError, make_chat_model, probe_backend
+from memchat.chat import MemChat
+from memchat.settings import Settings
 from tests.services import ChromaServer, free_port, unique_name
 from tests.sglang_stub import DEFAULT_MODEL, ServerThread, StubURL, run_stub
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import locomo, overhead, prefix
+from memchat.bench import locomo, overhead, prefix
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -119,7 +119,7 @@ def test_overhead_small(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.e2e
 def test_ttft_few_turns(capsys: pytest.CaptureFixture[str]) -> None:
-    from bench import ttft
+    from memchat.bench import ttft
 
     assert ttft.main(["--turns", "4", "--max-tokens", "8", "--json", "--quiet", "--no-plot"]) == 0
     p = last_json(capsys)

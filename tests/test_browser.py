@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from graph.chat import MemChat
-from graph.settings import Settings
-from server.app import create_app
+from memchat.chat import MemChat
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.serving import STUB_MODEL, run_stub, serve_app
 
 ROOT = Path(__file__).resolve().parent.parent

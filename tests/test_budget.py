@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from graph.prompt import Budget, Turn, assemble, render_head
-from graph.settings import Settings
-from graph.tokens import TRUNCATION_MARKER, load_tokenizer
+from memchat.backends.tokens import TRUNCATION_MARKER, load_tokenizer
+from memchat.memory.prompt import Budget, Turn, assemble, render_head
+from memchat.settings import Settings
 
 TOK = load_tokenizer()
 BUDGET = Budget(TOK)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from graph.embeddings import STEmbeddings, load_embeddings
-from graph.engine import Engine
-from graph.settings import Settings
-from graph.vectorstore import ChromaMemory, Hit, MemoryDoc, make_chroma_client
+from memchat.backends.embeddings import STEmbeddings, load_embeddings
+from memchat.backends.engine import Engine
+from memchat.backends.vectorstore import ChromaMemory, Hit, MemoryDoc, make_chroma_client
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.services import ChromaServer, unique_name
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from graph.local_server import LLMStartupError, resolve_model_path
-from graph.settings import Settings
+from memchat.backends.local_server import LLMStartupError, resolve_model_path
+from memchat.settings import Settings
 from tests.sglang_stub import run_stub
 
 ROOT = Path(__file__).resolve().parent.parent
-MEMCHAT = [sys.executable, "-m", "graph.cli"]
+MEMCHAT = [sys.executable, "-m", "memchat.cli"]
 
 
 def run_cli(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.sglang_stub import run_stub
 
@@ -25,7 +25,7 @@ def test_kill_9_mid_turn_leaves_whole_turns_only(tmp_path: Path) -> None:
         root = str(url)[: -len("/v1")]
         env = dict(os.environ, MEMCHAT_LLM_BASE_URL=str(url), MEMCHAT_DATA_DIR=str(tmp_path),
                    MEMCHAT_LLM_MODEL="Qwen/Qwen2.5-7B-Instruct", MEMCHAT_LLM_TIMEOUT="120")
-        cmd = [sys.executable, "-m", "graph.cli", "chat", "--thread", "c", "--user", "u"]
+        cmd = [sys.executable, "-m", "memchat.cli", "chat", "--thread", "c", "--user", "u"]
         ok = subprocess.run(cmd, input="My name is Li Ming.\n", capture_output=True, text=True, env=env, cwd=ROOT,
                             timeout=180)
         assert ok.returncode == 0, ok.stderr

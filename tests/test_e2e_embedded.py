@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from graph.chat import MemChat
-from graph.settings import Settings
+from memchat.chat import MemChat
+from memchat.settings import Settings
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ def test_three_turns_then_resume_in_new_process(tmp_path: Path) -> None:
     assert r3.context["sections"]["total"] <= s.prompt_limit
     # resume the thread in a new process (the checkpoint survives the restart)
     env = dict(os.environ, MEMCHAT_DATA_DIR=str(data), MEMCHAT_LLM_BASE_URL="", MEMCHAT_LLM_MAX_TOKENS="32")
-    out = subprocess.run([sys.executable, "-m", "graph.cli", "chat", "--thread", "demo", "--user", "u"],
+    out = subprocess.run([sys.executable, "-m", "memchat.cli", "chat", "--thread", "demo", "--user", "u"],
                          input="Do you remember me?\n/memory\n", capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -40,7 +40,7 @@ def test_three_turns_then_resume_in_new_process(tmp_path: Path) -> None:
 
 def test_quickstart_command(tmp_path: Path) -> None:
     env = dict(os.environ, MEMCHAT_DATA_DIR=str(tmp_path), MEMCHAT_LLM_BASE_URL="", MEMCHAT_LLM_MAX_TOKENS="32")
-    cmd = [sys.executable, "-m", "graph.cli", "chat", "--thread", "demo"]
+    cmd = [sys.executable, "-m", "memchat.cli", "chat", "--thread", "demo"]
     first = subprocess.run(cmd, input="My name is Li Ming\nWhat is my name?\n", capture_output=True, text=True,
                            env=env, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr

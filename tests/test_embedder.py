@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from graph.embeddings import (
+from memchat.backends.embeddings import (
     DEFAULT_IDENTITY,
     EmbedderLoadError,
     STEmbeddings,
@@ -16,10 +16,10 @@ from graph.embeddings import (
     default_query_prefix,
     load_embeddings,
 )
-from graph.engine import Engine
-from graph.reindex import OLD_SUFFIX, TMP_SUFFIX, reindex
-from graph.settings import Settings
-from graph.vectorstore import ChromaMemory, EmbedderMismatch, MemoryDoc, make_chroma_client
+from memchat.backends.engine import Engine
+from memchat.backends.reindex import OLD_SUFFIX, TMP_SUFFIX, reindex
+from memchat.backends.vectorstore import ChromaMemory, EmbedderMismatch, MemoryDoc, make_chroma_client
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.services import ChromaServer, free_port, unique_name
 
@@ -236,7 +236,7 @@ def test_memchat_reindex_command(small_model: Path, tmp_path: Path) -> None:
     Engine(_settings(tmp_path), llm=ScriptedChatModel()).store_docs(DOCS)
     env = {**os.environ, "MEMCHAT_DATA_DIR": str(tmp_path / "data"), "MEMCHAT_EMBEDDING_MODEL": str(small_model),
            "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-c", "from graph.cli import main; main()", "reindex", "--batch", "2"]
+    cli = [sys.executable, "-c", "from memchat.cli import main; main()", "reindex", "--batch", "2"]
     out = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"re-embedded {len(DOCS)} memories" in out.stdout

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
-from server.app import create_app
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 
 KEY = "sk-fuzz"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import HumanMessage
 
-from graph import build_graph, graph
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.graph.builder import build_graph, graph
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 
 
@@ -160,7 +160,7 @@ def test_summary_failure_never_blocks(settings: Settings) -> None:
 
 
 def test_grounding_rejects_invented_llm_facts(settings: Settings) -> None:
-    from nodes.summarize import summarize_l1
+    from memchat.nodes.summarize import summarize_l1
 
     s = settings.model_copy(update={"llm_extraction": True})
     llm = ScriptedChatModel(facts=["The user has a dog named Rex", "The user lives on Mars"])

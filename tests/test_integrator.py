@@ -14,14 +14,14 @@ import httpx
 import openai
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.importer import import_file
-from graph.llm import BackendError
-from graph.precompute import cache_for
-from graph.settings import Settings
-from server.app import create_app
-from server.user_memory import load_profile
+from memchat.backends.engine import Engine
+from memchat.backends.llm import BackendError
+from memchat.backends.precompute import cache_for
+from memchat.chat import MemChat
+from memchat.importer import import_file
+from memchat.server.app import create_app
+from memchat.server.user_memory import load_profile
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, StubURL, serve_app
 

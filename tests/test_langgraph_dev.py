@@ -25,7 +25,7 @@ def test_langgraph_json_points_at_the_module_graph() -> None:
     cfg = json.loads((ROOT / "langgraph.json").read_text())
     assert cfg["graphs"] == {"memchat": "./graph/builder.py:graph"}
     assert cfg["dependencies"] == ["."]
-    from graph.builder import graph
+    from memchat.graph.builder import graph
 
     assert graph.checkpointer is None  # langgraph dev refuses a graph compiled with its own checkpointer
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.extraction import cache_for
-from graph.settings import Settings
+from memchat.backends.engine import Engine
+from memchat.backends.extraction import cache_for
+from memchat.chat import MemChat
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL
 

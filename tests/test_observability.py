@@ -14,14 +14,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from graph.observability import (
+from memchat.backends.observability import (
     JSONFormatter,
     TextFormatter,
     configure_logging,
     request_id_var,
     uvicorn_log_config,
 )
-from server.metrics import samples
+from memchat.server.metrics import samples
 from tests.serving import StubURL, serve_memchat
 
 KEY = "sk-observe"
@@ -183,6 +183,6 @@ def test_formatters_and_logging_setup(capsys: pytest.CaptureFixture[str]) -> Non
         logging.getLogger("memchat").setLevel(saved[2])
         logging.getLogger("httpx").setLevel(saved[3])
     cfg = uvicorn_log_config("json", "INFO")
-    assert cfg["formatters"]["memchat"]["()"] == "graph.observability.JSONFormatter"
+    assert cfg["formatters"]["memchat"]["()"] == "memchat.backends.observability.JSONFormatter"
     assert cfg["loggers"]["uvicorn.access"]["handlers"] == []  # memchat.access writes the access log
     assert uvicorn_log_config("text")["formatters"]["memchat"]["()"].endswith("TextFormatter")

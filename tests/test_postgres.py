@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from graph import persistence
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.persistence import (
+from memchat.backends import persistence
+from memchat.backends.engine import Engine
+from memchat.backends.persistence import (
     PersistenceError,
     ThreadBusy,
     ThreadLeases,
@@ -22,7 +21,8 @@ from graph.persistence import (
     make_store,
     redact,
 )
-from graph.settings import Settings
+from memchat.chat import MemChat
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.services import PostgresServer, free_port
 

@@ -21,11 +21,11 @@ import httpx
 import pytest
 from langgraph.store.base import PutOp
 
-from graph.chat import MemChat
-from graph.namespaces import META_NS, THREADS_NS, decode_label, encode_label
-from graph.registry import ThreadRegistry
-from graph.settings import Settings
-from server.app import create_app
+from memchat.backends.registry import ThreadRegistry
+from memchat.chat import MemChat
+from memchat.memory.namespaces import META_NS, THREADS_NS, decode_label, encode_label
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.serving import STUB_MODEL, StubURL, serve_app, serve_memchat
 
 

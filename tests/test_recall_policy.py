@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.prompt import Budget, Turn, assemble
-from graph.recall_policy import asks, carries_fact, content_free, now_text
-from graph.vectorstore import MemoryDoc, msg_id
+from memchat.backends.engine import Engine
+from memchat.backends.vectorstore import MemoryDoc, msg_id
+from memchat.chat import MemChat
+from memchat.memory.prompt import Budget, Turn, assemble
+from memchat.memory.recall_policy import asks, carries_fact, content_free, now_text
 
 
 def _msg(tid: str, seq: int, text: str, speaker: str) -> MemoryDoc:
@@ -76,7 +76,7 @@ def test_date_in_the_tail_stays_with_its_turn(engine: Engine) -> None:
 def test_content_free_turn_recalls_nothing(engine: Engine) -> None:
     from langchain_core.messages import HumanMessage
 
-    from nodes.retrieve import retrieve
+    from memchat.nodes.retrieve import retrieve
 
     engine.store_docs([_msg("t", 1, "好的，我们明天在北京见面。", "user"), _msg("t", 3, "ok thanks, see you at the lake", "user")])
     cfg = {"configurable": {"thread_id": "t", "user_id": "u1"}}

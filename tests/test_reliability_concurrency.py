@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load import main, marker, memchat_server, run_load, stub_llm
+from memchat.bench.load import main, marker, memchat_server, run_load, stub_llm
 
 KEY = "sk-load"
 THREADS, TURNS = 50, 20

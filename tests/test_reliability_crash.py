@@ -34,7 +34,7 @@ class Serve:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(self.port)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(self.port)],
                                          cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.extraction import cache_for as extraction_cache
-from graph.settings import Settings
-from server.app import create_app
-from server.metrics import samples
+from memchat.backends.engine import Engine
+from memchat.backends.extraction import cache_for as extraction_cache
+from memchat.chat import MemChat
+from memchat.server.app import create_app
+from memchat.server.metrics import samples
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, free_port, serve_app
 from tests.sglang_stub import ServerThread
@@ -237,9 +237,9 @@ def test_summary_timeouts_and_retrieval_failures_are_counted(tmp_path: Path) -> 
 
 
 def test_error_mapping() -> None:
-    from graph.llm import BackendError, BackendTimeout
-    from graph.persistence import ThreadBusy
-    from server.app import _api_error
+    from memchat.backends.llm import BackendError, BackendTimeout
+    from memchat.backends.persistence import ThreadBusy
+    from memchat.server.app import _api_error
 
     busy = _api_error(ThreadBusy("thread 't' is busy with another turn in another process"), "t")
     assert busy.status == 409 and busy.code == "thread_busy" and "try again" in busy.message

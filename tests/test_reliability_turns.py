@@ -24,11 +24,11 @@ import httpx
 import openai
 import pytest
 
-from graph.chat import THREADS_NS, MemChat
-from graph.settings import Settings
-from graph.vectorstore import msg_id
-from server.app import create_app
-from server.metrics import samples
+from memchat.backends.vectorstore import msg_id
+from memchat.chat import THREADS_NS, MemChat
+from memchat.server.app import create_app
+from memchat.server.metrics import samples
+from memchat.settings import Settings
 from tests.serving import STUB_MODEL, StubURL, serve_app, serve_memchat
 
 

@@ -55,7 +55,7 @@ def memchat_command() -> list[str]:
     script = Path(sys.executable).parent / "memchat"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from graph.cli import main; main()"]
+    return [sys.executable, "-c", "from memchat.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")

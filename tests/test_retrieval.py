@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from graph.engine import Engine, short_date
-from graph.prompt import memory_line
-from graph.vectorstore import BM25Index, ChromaMemory, MemoryDoc, bm25_tokens, msg_id, stem
+from memchat.backends.engine import Engine, short_date
+from memchat.backends.vectorstore import BM25Index, ChromaMemory, MemoryDoc, bm25_tokens, msg_id, stem
+from memchat.memory.prompt import memory_line
 from tests.fakes import ScriptedChatModel
 
 
@@ -46,7 +46,7 @@ def test_short_date() -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    from graph.settings import Settings
+    from memchat.settings import Settings
 
     s = Settings(data_dir=tmp_path / "d", llm_base_url="http://127.0.0.1:9/v1", llm_model="fake",
                  _env_file=None)  # type: ignore[call-arg]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from graph.rules import extract_rules, forget_requests, free_facts
-from graph.settings import Settings
-from graph.slots import apply_candidates, expire, forget, render_slots
+from memchat.memory.rules import extract_rules, forget_requests, free_facts
+from memchat.memory.slots import apply_candidates, expire, forget, render_slots
+from memchat.settings import Settings
 
 
 def keys(text: str, source: str = "user") -> dict[str, str]:

@@ -15,11 +15,11 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import Mount, Route
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
-from server import auth
-from server.app import create_app
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.server import auth
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import serve_app
 

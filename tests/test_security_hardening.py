@@ -14,10 +14,10 @@ import httpx
 import openai
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
-from server.app import _api_error, create_app
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.server.app import _api_error, create_app
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, StubURL, serve_app
 
@@ -232,7 +232,7 @@ def _openai_error(cls: type[openai.APIStatusError], status: int, headers: dict[s
 
 
 def test_backend_status_mapping() -> None:
-    from graph.llm import BackendError, BackendRejected, classify_error
+    from memchat.backends.llm import BackendError, BackendRejected, classify_error
 
     rejected = classify_error(_openai_error(openai.BadRequestError, 400))
     assert isinstance(rejected, BackendRejected)

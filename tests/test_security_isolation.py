@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import pytest
 
-from graph.chat import MemChat
-from graph.settings import Settings
-from server.app import create_app
+from memchat.chat import MemChat
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.serving import STUB_MODEL, StubURL, serve_app
 
 KEY = "sk-isolation"

@@ -17,11 +17,11 @@ import httpx
 import openai
 import pytest
 
-from graph.chat import MemChat
-from graph.engine import Engine
-from graph.settings import Settings
-from server.app import create_app
-from server.stateless import bm25_recall, build_prompt, pair_turns
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.server.app import create_app
+from memchat.server.stateless import bm25_recall, build_prompt, pair_turns
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import STUB_MODEL, StubURL, free_port, serve_app
 
@@ -523,7 +523,7 @@ def test_memchat_serve_command_logs_the_backend(stub: StubURL, tmp_path: Path) -
     env.pop("MEMCHAT_API_KEY", None)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from graph.settings import Settings
-from server.app import create_app
+from memchat.server.app import create_app
+from memchat.settings import Settings
 from tests.serving import serve_app
 
 pytestmark = pytest.mark.e2e

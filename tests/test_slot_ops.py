@@ -6,10 +6,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from graph.chat import MemChat
-from graph.rules import extract_rules
-from graph.settings import Settings
-from graph.slots import apply_candidates, forget, render_slots
+from memchat.chat import MemChat
+from memchat.memory.rules import extract_rules
+from memchat.memory.slots import apply_candidates, forget, render_slots
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import serve_app
 
@@ -143,7 +143,7 @@ def test_through_memchat_and_api(memchat: MemChat, fake_llm: ScriptedChatModel, 
     head2 = fake_llm.calls[-1][1][0].content
     assert "沈墨" in head2 and "from an earlier conversation" in head2
     app_settings = settings.model_copy(update={"api_key": SecretStr(KEY)})
-    from server.app import create_app
+    from memchat.server.app import create_app
 
     with serve_app(create_app(app_settings, memchat, probe=False)) as url:
         assert httpx.get(f"{url}/v1/users/u/audit").status_code == 401
@@ -160,7 +160,7 @@ def test_through_memchat_and_api(memchat: MemChat, fake_llm: ScriptedChatModel, 
 def test_bench_slots_scores_cases(tmp_path, capsys) -> None:
     import json
 
-    from bench.slots import main
+    from memchat.bench.slots import main
 
     cases = [{"id": "en", "turns": ["I'm Odile and I live in Nantes.", "If I lived in Lyon, what then?"],
               "ask": "Where do I live?", "expect": [{"kinds": ["fact"], "any": ["Nantes"]},

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from graph.embeddings import load_embeddings
-from graph.engine import Engine
-from graph.reindex import copy_store, reindex
-from graph.settings import Settings
-from graph.stores import make_memory
-from graph.vectorstore import EmbedderMismatch, Hit, MemoryDoc, msg_id
+from memchat.backends.embeddings import load_embeddings
+from memchat.backends.engine import Engine
+from memchat.backends.reindex import copy_store, reindex
+from memchat.backends.stores import make_memory
+from memchat.backends.vectorstore import EmbedderMismatch, Hit, MemoryDoc, msg_id
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 
 pytestmark = pytest.mark.timeout(180)
@@ -154,7 +154,7 @@ def test_copy_between_store_kinds(store_settings: Settings) -> None:
 
 
 def test_check_reports_the_store(store_settings: Settings) -> None:
-    from graph.backend_check import check_vectors
+    from memchat.backends.backend_check import check_vectors
 
     Engine(store_settings, llm=ScriptedChatModel()).store_docs(CORPUS)
     line = check_vectors(store_settings)
@@ -169,7 +169,7 @@ def test_check_reports_the_store(store_settings: Settings) -> None:
 def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Settings,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A Milvus older than 2.5 (no BM25 function): no sparse field, memchat's own BM25; same results."""
-    import graph.milvus_store as ms
+    import memchat.backends.milvus_store as ms
 
     monkeypatch.setattr(ms, "full_text_supported", lambda version: False)
     s = settings.model_copy(update={"vector_store": "milvus"})

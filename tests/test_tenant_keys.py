@@ -22,12 +22,12 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from graph.chat import MemChat
-from graph.cli import app as cli_app
-from graph.engine import Engine
-from graph.settings import Settings
-from server.app import create_app
-from server.keys import KeyStore
+from memchat.backends.engine import Engine
+from memchat.chat import MemChat
+from memchat.cli import app as cli_app
+from memchat.server.app import create_app
+from memchat.server.keys import KeyStore
+from memchat.settings import Settings
 from tests.fakes import ScriptedChatModel
 from tests.serving import serve_app
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from graph.llama_server import STOP, format_memchat_transcript, split_context
-from graph.prompt import fold_system
+from memchat.backends.llama_server import STOP, format_memchat_transcript, split_context
+from memchat.memory.prompt import fold_system
 
 
 def test_system_and_memory_reach_the_transcript() -> None:
