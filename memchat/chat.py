@@ -26,9 +26,9 @@ from memchat.backends.vectorstore import MemoryDoc
 from memchat.graph.builder import build_graph
 from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
 from memchat.memory.receipts import find_receipt, fingerprint, key_hash
+from memchat.memory.slots import head_snapshot
 from memchat.nodes.common import completed_pairs, l0_turns, text_of
 from memchat.nodes.summarize import schedule_next, summarize_l2
-from memchat.nodes.update_slots import head_snapshot
 from memchat.settings import Settings
 
 __all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]

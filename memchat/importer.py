@@ -120,7 +120,8 @@ def import_thread(mc: MemChat, thread_id: str, history: list[tuple[str, str]], *
                   progress: Callable[[int], None] | None = None) -> int:
     """Make ``history`` the past turns of the new thread ``thread_id``; returns how many turns were
     imported. Raises :class:`ThreadExists` when the thread already has turns."""
-    from memchat.nodes.update_slots import PROFILE_KINDS, audit_namespace, head_snapshot, profile_namespace
+    from memchat.memory.namespaces import audit_namespace, profile_namespace
+    from memchat.memory.slots import PROFILE_KINDS, head_snapshot
 
     turns = [t for t in pair_history(history) if t.user.strip() or t.assistant.strip()]
     if not turns:

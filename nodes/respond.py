@@ -15,11 +15,12 @@ from langgraph.runtime import Runtime
 from memchat.backends.engine import Engine, get_engine
 from memchat.backends.llm import cached_tokens, classify_error, response_format_for
 from memchat.backends.vectorstore import MemoryDoc, msg_id
+from memchat.memory.namespaces import audit_namespace, profile_namespace
 from memchat.memory.prompt import assemble, prefix_reuse, render_head
 from memchat.memory.recall_policy import carries_fact
 from memchat.memory.receipts import add_receipt
 from memchat.memory.rules import free_facts
-from memchat.memory.slots import REMOVED
+from memchat.memory.slots import PROFILE_KINDS, REMOVED
 from memchat.memory.state import State, TurnMeta
 from memchat.nodes.common import (
     current_message,
@@ -30,7 +31,6 @@ from memchat.nodes.common import (
     user_id,
     with_context,
 )
-from memchat.nodes.update_slots import PROFILE_KINDS, audit_namespace, profile_namespace
 
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
 

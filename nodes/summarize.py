@@ -15,10 +15,9 @@ from memchat.backends.llm import json_schema_format, response_format_for
 from memchat.backends.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
 from memchat.memory.prompt import Turn
 from memchat.memory.rules import sentences
-from memchat.memory.slots import grounded
+from memchat.memory.slots import grounded, head_snapshot
 from memchat.memory.state import State
 from memchat.nodes.common import completed_pairs, l0_turns, text_of, thread_id
-from memchat.nodes.update_slots import head_snapshot
 from memchat.prompts import load_prompt
 
 log = logging.getLogger("memchat.summarize")

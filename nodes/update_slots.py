@@ -10,22 +10,11 @@ from langgraph.runtime import Runtime
 
 from memchat.backends.engine import Engine, get_engine
 from memchat.memory.namespaces import audit_namespace, profile_namespace, search_all
-from memchat.memory.slots import LOG_LIMIT, REMOVED, apply_operations, expire
+from memchat.memory.slots import LOG_LIMIT, PROFILE_KINDS, REMOVED, apply_operations, expire, head_snapshot
 from memchat.memory.state import Slot, State
 from memchat.nodes.common import thread_id, user_id
 
-PROFILE_KINDS = ("fact", "preference", "instruction")
 __all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespace", "update_slots"]
-
-
-def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | None) -> dict[str, Any]:
-    """What the frozen head shows (values only, so refreshing a slot does not rewrite it)."""
-    shown: dict[str, Any] = {}
-    for k, v in slots.items():
-        shown[k] = {"kind": v.get("kind"), "value": v.get("value")}
-        if v.get("origin"):
-            shown[k]["origin"] = v["origin"]
-    return {"persona": persona, "slots": shown, "l2": l2}
 
 
 def carried(slot: dict[str, Any], tid: str) -> Slot:

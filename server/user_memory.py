@@ -27,12 +27,12 @@ from typing import Any
 from memchat.backends.vectorstore import MemoryDoc
 from memchat.chat import MemChat
 from memchat.importer import user_slots
-from memchat.memory.namespaces import search_all
+from memchat.memory.namespaces import profile_namespace, search_all
 from memchat.memory.prompt import Turn
 from memchat.memory.rules import free_facts
+from memchat.memory.slots import PROFILE_KINDS
 from memchat.memory.state import Slot
 from memchat.nodes.respond import fact_id
-from memchat.nodes.update_slots import PROFILE_KINDS, profile_namespace
 from memchat.server.stateless import StatelessPrompt, StatelessResult, build_prompt, pair_turns, stream_answer
 
 log = logging.getLogger("memchat.stateless")

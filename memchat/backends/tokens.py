@@ -5,21 +5,12 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
 
 from tokenizers import Tokenizer
 
-TRUNCATION_MARKER = "[… truncated {n} tokens …]"
+from memchat.memory.counting import TRUNCATION_MARKER, TokenCounter
 
-
-class TokenCounter(Protocol):
-    """What memchat needs from a tokenizer."""
-
-    def count(self, text: str) -> int: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def truncate(self, text: str, max_tokens: int) -> str: ...
+__all__ = ["TRUNCATION_MARKER", "HFTokenizer", "TokenCounter", "load_tokenizer", "qwen_tokenizer_path"]
 
 
 class HFTokenizer:

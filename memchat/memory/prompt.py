@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from memchat.backends.tokens import TokenCounter
+from memchat.memory.counting import TokenCounter
 from memchat.memory.recall_policy import now_text
 from memchat.memory.slots import render_slots
 from memchat.prompts import load_prompt

@@ -224,3 +224,16 @@ def render_slots(slots: dict[str, Any]) -> str:
         origin = f"; {s['origin']}" if s.get("origin") else ""
         lines.append(f"- {label}: {s.get('value')} ({s.get('kind')}{origin})")
     return "\n".join(lines)
+
+
+PROFILE_KINDS = ("fact", "preference", "instruction")  # slot kinds that follow the user into new threads
+
+
+def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | None) -> dict[str, Any]:
+    """What the frozen head shows (values only, so refreshing a slot does not rewrite it)."""
+    shown: dict[str, Any] = {}
+    for k, v in slots.items():
+        shown[k] = {"kind": v.get("kind"), "value": v.get("value")}
+        if v.get("origin"):
+            shown[k]["origin"] = v["origin"]
+    return {"persona": persona, "slots": shown, "l2": l2}
