@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memchat.backends.vectorstore import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, MemoryDoc, _matvec, _Scope
+from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
+from memchat.memory.records import MemoryDoc
 
 if TYPE_CHECKING:
     from memchat.backends.milvus_store import MilvusMemory

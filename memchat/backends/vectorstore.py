@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import threading
-from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -17,77 +12,24 @@ import chromadb
 import numpy as np
 from langchain_chroma import Chroma
 
+from memchat.backends.bm25 import BM25_B, BM25_K1, BM25Index, bm25_tokens, stem
 from memchat.backends.embeddings import STEmbeddings
+from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _few_threads, _matvec, _Scope
+from memchat.memory.records import BM25_WEIGHT, DENSE_WEIGHT, Hit, MemoryDoc, fuse, msg_id
 from memchat.memory.textproc import tokenize
 
-# Fusion: each retriever's scores are normalized to [0, 1] over its own candidates (dense: min-max of
-# the cosine, BM25: share of the best score) and added with these weights. BM25 gets the larger weight:
-# names, places and rare words decide most memory questions, and the small default embedder is weak.
-DENSE_WEIGHT = 1.0
-BM25_WEIGHT = 1.5
-BM25_K1 = 1.5
-BM25_B = 0.75
-MAX_SCOPES = 32  # users whose memories are kept in process (least recently used are dropped)
-VECTORS_IN_MEMORY_MAX = 100_000  # above this many memories a user's dense search goes to Chroma
+# re-exported: the vector-memory API in one import (records and ranking live in memchat.memory.records,
+# the BM25 index in memchat.backends.bm25, the in-process scopes in memchat.backends.scopes)
+__all__ = ["BM25_B", "BM25_K1", "BM25_WEIGHT", "DENSE_WEIGHT", "MAX_SCOPES", "VECTORS_IN_MEMORY_MAX", "BM25Index",
+           "ChromaMemory", "EmbedderMismatch", "Hit", "MemoryDoc", "VectorMemory", "_Scope", "_matvec", "bm25_tokens",
+           "fuse", "make_chroma_client", "msg_id", "stem"]
+
 QUERY_CACHE = 64
 SMALL_BATCH = 8  # up to this many texts are embedded on one torch thread
 
 
 class EmbedderMismatch(RuntimeError):
     """The store was built with another embedder; ``memchat reindex`` re-embeds it."""
-
-
-@dataclass
-class MemoryDoc:
-    """One stored memory: a raw message or an extracted fact."""
-
-    id: str
-    text: str
-    user_id: str
-    thread_id: str
-    kind: str  # "turn" | "fact"
-    speaker: str = "user"
-    turn: int = 0
-    seq: int = 0  # position in the thread's message stream (neighbour expansion)
-    date: str = ""
-    scope: str = "thread"  # "thread" | "user"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        """Flat metadata for Chroma."""
-        meta: dict[str, Any] = dict(
-            user_id=self.user_id, thread_id=self.thread_id, kind=self.kind, speaker=self.speaker,
-            turn=self.turn, seq=self.seq, date=self.date, scope=self.scope,
-        )
-        meta.update({k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool))})
-        return meta
-
-    @classmethod
-    def from_chroma(cls, id_: str, text: str, meta: dict[str, Any]) -> MemoryDoc:
-        """Rebuild from a Chroma row."""
-        base = {"user_id", "thread_id", "kind", "speaker", "turn", "seq", "date", "scope"}
-        return cls(
-            id=id_, text=text, user_id=str(meta.get("user_id", "")), thread_id=str(meta.get("thread_id", "")),
-            kind=str(meta.get("kind", "turn")), speaker=str(meta.get("speaker", "")), turn=int(meta.get("turn", 0)),
-            seq=int(meta.get("seq", 0)), date=str(meta.get("date", "")), scope=str(meta.get("scope", "thread")),
-            extra={k: v for k, v in meta.items() if k not in base},
-        )
-
-
-@dataclass
-class Hit:
-    """A retrieved memory with its fused score."""
-
-    doc: MemoryDoc
-    score: float
-    dense: float | None = None
-    bm25: float | None = None
-    neighbour_of: str | None = None
-
-
-def msg_id(thread_id: str, seq: int) -> str:
-    """Deterministic id of a raw message (a retried turn upserts, never duplicates)."""
-    return f"msg:{thread_id}:{seq}"
 
 
 class VectorMemory(Protocol):
@@ -111,206 +53,6 @@ class VectorMemory(Protocol):
     def dense(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]: ...
 
     def describe(self) -> str: ...
-
-
-class BM25Index:
-    """Incremental Okapi BM25 (Lucene idf): documents are appended or retired, never re-indexed."""
-
-    def __init__(self, k1: float = BM25_K1, b: float = BM25_B) -> None:
-        self.k1, self.b = k1, b
-        self._post: dict[str, tuple[list[int], list[int]]] = {}
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.df: dict[str, int] = {}
-        self.lengths = np.zeros(64, dtype=np.float32)
-        self.alive = np.zeros(64, dtype=bool)
-        self.size = 0
-        self.n_alive = 0
-        self.total_len = 0.0
-
-    def _grow(self, n: int) -> None:
-        if n <= len(self.lengths):
-            return
-        cap = max(n, 2 * len(self.lengths))
-        self.lengths = np.resize(self.lengths, cap)
-        alive = np.zeros(cap, dtype=bool)
-        alive[: self.size] = self.alive[: self.size]
-        self.alive = alive
-
-    def add(self, tokens: list[str]) -> int:
-        """Index one document; returns its slot."""
-        i = self.size
-        self._grow(i + 1)
-        self.size += 1
-        tf = Counter(tokens)
-        for t, c in tf.items():
-            post = self._post.setdefault(t, ([], []))
-            post[0].append(i)
-            post[1].append(c)
-            self.df[t] = self.df.get(t, 0) + 1
-            self._arrays.pop(t, None)
-        self.lengths[i] = len(tokens)
-        self.alive[i] = True
-        self.n_alive += 1
-        self.total_len += len(tokens)
-        return i
-
-    def retire(self, i: int, tokens: list[str]) -> None:
-        """Take a slot out of the statistics and the results (its postings are skipped from now on)."""
-        if not self.alive[i]:
-            return
-        self.alive[i] = False
-        self.n_alive -= 1
-        self.total_len -= float(self.lengths[i])
-        for t in set(tokens):
-            self.df[t] = max(0, self.df.get(t, 0) - 1)
-
-    def _postings(self, t: str) -> tuple[np.ndarray, np.ndarray] | None:
-        arr = self._arrays.get(t)
-        if arr is None:
-            post = self._post.get(t)
-            if post is None:
-                return None
-            arr = self._arrays[t] = (np.asarray(post[0], dtype=np.int64), np.asarray(post[1], dtype=np.float32))
-        return arr
-
-    def scores(self, query: list[str]) -> np.ndarray:
-        """BM25 score of every slot (0 for retired ones)."""
-        out = np.zeros(self.size, dtype=np.float32)
-        if not self.n_alive:
-            return out
-        avgdl = max(self.total_len / self.n_alive, 1e-6)
-        n = self.n_alive
-        for t in dict.fromkeys(query):
-            df = self.df.get(t, 0)
-            arr = self._postings(t) if df else None
-            if arr is None:
-                continue
-            idx, tf = arr
-            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-            norm = self.k1 * (1.0 - self.b + self.b * self.lengths[idx] / avgdl)
-            out[idx] += idf * tf / (tf + norm)
-        out[~self.alive[: self.size]] = 0.0
-        return out
-
-
-class _Scope:
-    """One user's memories in process: docs, BM25 index, and (when not too many) their vectors."""
-
-    def __init__(self, dim: int, with_vectors: bool) -> None:
-        self.docs: list[MemoryDoc] = []
-        self.tokens: list[list[str]] = []
-        self.pos: dict[str, int] = {}
-        self.bm25 = BM25Index()
-        self.with_vectors = with_vectors
-        self.vecs = np.zeros((64 if with_vectors else 0, dim), dtype=np.float32)
-        self.user_scope = np.zeros(64, dtype=bool)
-        self.thread_code = np.zeros(64, dtype=np.int64)
-        self.codes: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.pos)
-
-    def put(self, doc: MemoryDoc, vec: Any | None) -> None:
-        """Add a document, or replace the one with the same id."""
-        old = self.pos.get(doc.id)
-        if old is not None:
-            self.bm25.retire(old, self.tokens[old])
-        toks = bm25_tokens(doc)
-        i = self.bm25.add(toks)
-        self.docs.append(doc)
-        self.tokens.append(toks)
-        self.pos[doc.id] = i
-        n = i + 1
-        if n > len(self.user_scope):
-            cap = max(n, 2 * len(self.user_scope))
-            self.user_scope = np.resize(self.user_scope, cap)
-            self.thread_code = np.resize(self.thread_code, cap)
-        self.user_scope[i] = doc.scope == "user"
-        self.thread_code[i] = self.codes.setdefault(doc.thread_id, len(self.codes))
-        if self.with_vectors:
-            if vec is None:
-                self.with_vectors = False
-                self.vecs = np.zeros((0, self.vecs.shape[1]), dtype=np.float32)
-                return
-            if n > len(self.vecs):
-                grown = np.zeros((max(n, 2 * len(self.vecs)), self.vecs.shape[1]), dtype=np.float32)
-                grown[: len(self.vecs)] = self.vecs
-                self.vecs = grown
-            self.vecs[i] = np.asarray(vec, dtype=np.float32)
-
-    def visible(self, thread_id: str | None) -> np.ndarray:
-        """Mask of live slots visible from ``thread_id`` (all the user's when ``None``)."""
-        n = self.bm25.size
-        mask = self.bm25.alive[:n].copy()
-        if thread_id is not None:
-            code = self.codes.get(thread_id, -1)
-            mask &= self.user_scope[:n] | (self.thread_code[:n] == code)
-        return mask
-
-
-def _matvec(m: np.ndarray, v: np.ndarray, rows: int = 1024) -> np.ndarray:
-    """``m @ v`` in blocks small enough that BLAS stays on one thread.
-
-    A 10K x 384 product takes 0.3 ms, but OpenBLAS threads it, and next to other work on 2 cores
-    its p95 was 40 ms; 1K-row blocks: p50 0.5 ms, p95 0.6 ms.
-    """
-    out = np.empty(len(m), dtype=np.float32)
-    for i in range(0, len(m), rows):
-        np.dot(m[i:i + rows], v, out=out[i:i + rows])
-    return out
-
-
-@contextmanager
-def _few_threads(active: bool = True) -> Iterator[None]:
-    """Embed a few short texts on one torch thread.
-
-    For a message or two, more threads buy nothing but synchronisation, and on a busy machine (an
-    LLM server on the same cores) a multi-threaded forward pass waits for every thread: measured on 2
-    cores next to other work, p95 of one query embedding 369 ms with 2 threads, 23 ms with 1.
-    Batches (pre-fills, re-indexing) keep torch's setting.
-    """
-    if not active:
-        yield
-        return
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with _torch_lock:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-
-_torch_lock = threading.Lock()
-
-
-def bm25_tokens(doc: MemoryDoc) -> list[str]:
-    """What BM25 indexes: the speaker's name (for turns) and the text, stemmed."""
-    text = f"{doc.speaker} {doc.text}" if doc.kind == "turn" and doc.speaker else doc.text
-    return stem(tokenize(text))
-
-
-def stem(tokens: list[str]) -> list[str]:
-    """English Snowball stems (Chinese and other tokens are left as they are)."""
-    stemmer = _stemmer()
-    if stemmer is None:
-        return tokens
-    return [stemmer.stemWord(t) if t.isascii() else t for t in tokens]
-
-
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    try:
-        import Stemmer
-
-        return Stemmer.Stemmer("english")
-    except ImportError:  # pragma: no cover - pystemmer is a dependency
-        return None
 
 
 def make_chroma_client(chroma_url: str, data_dir: Path) -> Any:
@@ -568,22 +310,3 @@ class ChromaMemory:
         return fuse(dense, sparse, min_score)
 
 
-def fuse(dense: list[tuple[MemoryDoc, float]], sparse: list[tuple[MemoryDoc, float]], min_score: float) -> list[Hit]:
-    """Dense + BM25, each normalized over its candidates and added with weights; dense-only hits
-    need a cosine of at least ``min_score``. Shared by every store, so both rank alike."""
-    hits: dict[str, Hit] = {}
-    if dense:
-        hi, lo = dense[0][1], dense[-1][1]
-        span = hi - lo
-        for doc, s in dense:
-            h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
-            h.dense = s
-            h.score += DENSE_WEIGHT * ((s - lo) / span if span > 1e-9 else 1.0)
-    if sparse:
-        top = sparse[0][1]
-        for doc, s in sparse:
-            h = hits.setdefault(doc.id, Hit(doc=doc, score=0.0))
-            h.bm25 = s
-            h.score += BM25_WEIGHT * s / top
-    kept = [h for h in hits.values() if h.bm25 is not None or (h.dense or 0.0) >= min_score]
-    return sorted(kept, key=lambda h: (-h.score, h.doc.id))
