@@ -18,7 +18,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
-from memchat.backends.engine import Engine, get_engine
+from memchat.backends.engine import Engine, shared_engine
 from memchat.backends.extraction import schedule as schedule_extraction
 from memchat.backends.persistence import ThreadBusy, ThreadLeases
 from memchat.backends.registry import ThreadRegistry, legacy_user, speakers
@@ -27,9 +27,10 @@ from memchat.graph.builder import build_graph
 from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
 from memchat.memory.receipts import find_receipt, fingerprint, key_hash
 from memchat.memory.slots import head_snapshot
+from memchat.memory.state import Context
 from memchat.nodes.common import completed_pairs, l0_turns, text_of
 from memchat.nodes.summarize import schedule_next, summarize_l2
-from memchat.settings import Settings
+from memchat.settings import Settings, get_settings
 
 __all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]
 log = logging.getLogger("memchat.chat")
@@ -54,7 +55,7 @@ class MemChat:
 
     def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None,
                  checkpointer: Any = True, store: Any = True) -> None:
-        self.engine = engine or get_engine(settings)
+        self.engine = engine or shared_engine(settings or get_settings())
         self.settings = self.engine.settings
         self.graph = build_graph(checkpointer=checkpointer, store=store, engine=self.engine)
         self.checkpointer = self.graph.checkpointer
@@ -65,18 +66,26 @@ class MemChat:
         self._locks_guard = threading.Lock()
 
     # ---- config & locks ------------------------------------------------------------------
-    def config(self, thread_id: str, user_id: str | None = None, llm_params: dict[str, Any] | None = None,
-               context: str | None = None) -> RunnableConfig:
+    def config(self, thread_id: str) -> RunnableConfig:
+        """The run config: the thread and MemChat's own switches (per-run values go in :meth:`run_context`)."""
         conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True}
-        if user_id:
-            conf["user_id"] = user_id
-        if llm_params:
-            conf["llm_params"] = llm_params
-        if context:
-            conf["request_context"] = context  # this request only: rendered in the tail, never stored
         if self.settings.summaries_in_background:
             conf["background_summaries"] = True  # the summarize node applies summaries made after the last reply
         return {"configurable": conf, "recursion_limit": 25}
+
+    @staticmethod
+    def run_context(user_id: str | None = None, llm_params: dict[str, Any] | None = None,
+                    context: str | None = None) -> Context:
+        """The LangGraph run context of a turn (``context_schema``): user, generation parameters, and text for
+        this request only (rendered in the prompt's tail, never stored)."""
+        ctx: Context = {}
+        if user_id:
+            ctx["user_id"] = user_id
+        if llm_params:
+            ctx["llm_params"] = llm_params
+        if context:
+            ctx["request_context"] = context
+        return ctx
 
     def lock(self, thread_id: str) -> threading.Lock:
         """The in-process lock of a thread."""
@@ -127,7 +136,7 @@ class MemChat:
             raise ValueError("message must be a non-empty string")
         with self.exclusive(thread_id):
             self.recover(thread_id)
-            cfg = self.config(thread_id, user_id, llm_params, context)
+            cfg = self.config(thread_id)
             pre = self.graph.get_state(cfg)
             self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
             self._flush(pre.values or {}, check=True)  # a turn whose memories were not written (crash, failure)
@@ -147,8 +156,8 @@ class MemChat:
                 inp["user_id"] = user_id
             final: dict[str, Any] = {}
             try:
-                for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values"],
-                                                    durability="exit"):
+                for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values"], durability="exit",  # type: ignore[call-overload]
+                                                    context=self.run_context(user_id, llm_params, context)):
                     if mode == "messages":
                         chunk, meta = data  # type: ignore[misc,str-unpack]
                         if meta.get("langgraph_node") == "respond" and "memchat:respond" in (meta.get("tags") or []):  # type: ignore[union-attr]

@@ -153,7 +153,7 @@ def import_thread(mc: MemChat, thread_id: str, history: list[tuple[str, str]], *
             "candidates": [], "slot_changes": [], "pending_facts": [], "retrieved": [],
             "counters": {"imported_turns": len(turns), "llm_calls_summary": calls},
         }
-        mc.graph.update_state(mc.config(thread_id, uid), values, as_node="respond")
+        mc.graph.update_state(mc.config(thread_id), values, as_node="respond")
         if store is not None:
             for i, ev in enumerate(events):
                 store.put(audit_namespace(uid), f"{thread_id}:import:{i}", dict(ev))

@@ -10,6 +10,9 @@ from langchain_core.runnables import RunnableConfig
 
 from memchat.memory.namespaces import LEGACY_ANONYMOUS, thread_scope
 from memchat.memory.prompt import Turn
+from memchat.memory.state import Context
+
+CONTEXT_KEYS = tuple(Context.__annotations__)  # user_id, persona, llm_params, request_context
 
 
 def thread_id(config: RunnableConfig | None) -> str:
@@ -17,12 +20,27 @@ def thread_id(config: RunnableConfig | None) -> str:
     return str(((config or {}).get("configurable") or {}).get("thread_id") or "default")
 
 
-def user_id(state: Mapping[str, Any], config: RunnableConfig | None) -> str:
-    """The user of this run: ``configurable.user_id``, else the thread's user, else the thread's own scope
-    (a thread without a user shares its profile and facts with no other thread)."""
+def run_context(config: RunnableConfig | None, runtime: Any = None) -> Context:
+    """The run's per-request values (:class:`~memchat.memory.state.Context`), converted in this one place:
+    LangGraph's run context (``invoke(..., context={...})``, ``Runtime.context``) first, then ``configurable``,
+    the entry of LangGraph Platform (``langgraph dev``) and LangServe clients."""
+    ctx = getattr(runtime, "context", None)
+    ctx = ctx if isinstance(ctx, Mapping) else vars(ctx) if ctx is not None and hasattr(ctx, "__dict__") else {}
     conf = (config or {}).get("configurable") or {}
-    if conf.get("user_id"):
-        return str(conf["user_id"])
+    out: dict[str, Any] = {}
+    for key in CONTEXT_KEYS:
+        value = ctx.get(key) if ctx.get(key) not in (None, "", {}) else conf.get(key)
+        if value not in (None, "", {}):
+            out[key] = value
+    return out  # type: ignore[return-value]
+
+
+def user_id(state: Mapping[str, Any], config: RunnableConfig | None, runtime: Any = None) -> str:
+    """The user of this run: the run context's ``user_id``, else the thread's user, else the thread's own scope
+    (a thread without a user shares its profile and facts with no other thread)."""
+    given = run_context(config, runtime).get("user_id")
+    if given:
+        return str(given)
     owner = state.get("user_id")
     if owner and owner != LEGACY_ANONYMOUS:
         return str(owner)
@@ -75,9 +93,9 @@ def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
     return out
 
 
-def request_context(config: RunnableConfig | None) -> str:
-    """Text the caller added for this request only (``configurable.request_context``)."""
-    return str(((config or {}).get("configurable") or {}).get("request_context") or "").strip()
+def request_context(config: RunnableConfig | None, runtime: Any = None) -> str:
+    """Text the caller added for this request only (the run context's ``request_context``)."""
+    return str(run_context(config, runtime).get("request_context") or "").strip()
 
 
 def with_context(message: str, context: str) -> str:

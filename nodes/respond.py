@@ -12,8 +12,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from memchat.backends.engine import Engine, get_engine
-from memchat.backends.llm import cached_tokens, classify_error, response_format_for
+from memchat.backends.engine import Engine
+from memchat.backends.llm import cached_tokens, classify_error, generation_params
 from memchat.backends.vectorstore import MemoryDoc, msg_id
 from memchat.memory.namespaces import audit_namespace, profile_namespace
 from memchat.memory.prompt import assemble, prefix_reuse, render_head
@@ -21,11 +21,12 @@ from memchat.memory.recall_policy import carries_fact
 from memchat.memory.receipts import add_receipt
 from memchat.memory.rules import free_facts
 from memchat.memory.slots import PROFILE_KINDS, REMOVED
-from memchat.memory.state import State, TurnMeta
+from memchat.memory.state import Context, State, TurnMeta
 from memchat.nodes.common import (
     current_message,
     l0_turns,
     request_context,
+    run_context,
     text_of,
     thread_id,
     user_id,
@@ -41,34 +42,17 @@ def to_lc(messages: list[dict[str, str]]) -> list[BaseMessage]:
     return [kinds[m["role"]](content=m["content"]) for m in messages]  # type: ignore[misc]
 
 
-def _llm_params(eng: Engine, config: RunnableConfig) -> dict[str, Any]:
-    """Per-request generation parameters (``configurable.llm_params``)."""
-    params = dict(((config or {}).get("configurable") or {}).get("llm_params") or {})
-    out: dict[str, Any] = {}
-    if params.get("max_tokens") is not None:
-        out["max_completion_tokens"] = int(params["max_tokens"])
-    for k in ("temperature", "top_p", "seed"):
-        if params.get(k) is not None:
-            out[k] = params[k]
-    if params.get("stop"):
-        out["stop"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
-    fmt = response_format_for(eng.settings, params.get("response_format"))
-    if fmt:
-        out["response_format"] = fmt
-    return out
-
-
 def fact_id(user: str, text: str) -> str:
     """Content-addressed id of a user-scoped fact (the same fact is stored once)."""
     return "fact:" + hashlib.sha1(f"{user}\n{' '.join(text.lower().split())}".encode()).hexdigest()[:20]
 
 
-def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
-            engine: Engine | None = None) -> dict[str, Any]:
+def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+            engine: Engine) -> dict[str, Any]:
     """One LLM call on the hot path. Side effects only after the reply: the audit log and profile, then vector
     memory (or, under MemChat, ``outbox``: MemChat writes it after the checkpoint, so a failed turn leaves none)."""
-    eng = engine or get_engine()
-    tid, uid = thread_id(config), user_id(state, config)
+    eng = engine
+    tid, uid = thread_id(config), user_id(state, config, runtime)
     turn = int(state.get("turn") or 0) + 1
     human = current_message(state)
     message = text_of(human)
@@ -80,12 +64,12 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
     notes = [n for n in (_describe(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
     asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
-                   turns=turns, message=with_context(message, request_context(config)),
+                   turns=turns, message=with_context(message, request_context(config, runtime)),
                    memories=list(state.get("retrieved") or []), notes=notes, now=date)
     if asm.rebased:
         turns = [t.bare() for t in turns]
     llm = eng.llm
-    params = _llm_params(eng, config)
+    params = generation_params(eng.settings, run_context(config, runtime).get("llm_params"))
     if params:
         llm = llm.bind(**params)  # type: ignore[assignment]
     t0 = time.perf_counter()

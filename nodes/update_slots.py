@@ -8,10 +8,10 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from memchat.backends.engine import Engine, get_engine
+from memchat.backends.engine import Engine
 from memchat.memory.namespaces import audit_namespace, profile_namespace, search_all
 from memchat.memory.slots import LOG_LIMIT, PROFILE_KINDS, REMOVED, apply_operations, expire, head_snapshot
-from memchat.memory.state import Slot, State
+from memchat.memory.state import Context, Slot, State
 from memchat.nodes.common import thread_id, user_id
 
 __all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespace", "update_slots"]
@@ -26,15 +26,15 @@ def carried(slot: dict[str, Any], tid: str) -> Slot:
     return out  # type: ignore[return-value]
 
 
-def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
-                 engine: Engine | None = None) -> dict[str, Any]:
+def update_slots(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+                 engine: Engine) -> dict[str, Any]:
     """Returns the new slots, this turn's changes and the audit log; freezes the head on turn 1.
 
     A slot that was retracted, completed, forgotten or expired leaves the head at once (the head is
     rebuilt): what the head shows is never stale. Other changes go to the prompt tail until compaction.
     """
-    eng = engine or get_engine()
-    tid, uid = thread_id(config), user_id(state, config)
+    eng = engine
+    tid, uid = thread_id(config), user_id(state, config, runtime)
     turn = int(state.get("turn") or 0) + 1
     slots: dict[str, Slot] = dict(state.get("slots") or {})
     events: list[dict[str, Any]] = []

@@ -22,13 +22,13 @@ import bm25s
 from langchain_core.messages import AIMessageChunk
 
 from memchat.backends.engine import Engine
-from memchat.backends.llm import cached_tokens, classify_error
+from memchat.backends.llm import cached_tokens, classify_error, generation_params
 from memchat.memory.prompt import Assembled, Turn, assemble, memory_line, render_head, render_l1
 from memchat.memory.rules import extract_rules
 from memchat.memory.slots import apply_operations, keep_grounded
 from memchat.memory.textproc import tokenize
 from memchat.nodes.common import text_of, with_context
-from memchat.nodes.respond import _llm_params, to_lc
+from memchat.nodes.respond import to_lc
 from memchat.nodes.summarize import fallback_summary
 
 SUMMARY_CHARS = 160
@@ -186,7 +186,7 @@ def stream_answer(engine: Engine, prompt: StatelessPrompt, llm_params: dict[str,
                   ) -> Iterator[str | StatelessResult]:
     """One LLM call: yield reply tokens, then a :class:`StatelessResult`."""
     llm = engine.llm
-    params = _llm_params(engine, {"configurable": {"llm_params": llm_params}})
+    params = generation_params(engine.settings, llm_params)
     if params:
         llm = llm.bind(**params)  # type: ignore[assignment]
     engine.metrics.inc("llm_calls_stateless")

@@ -130,7 +130,7 @@ def test_failed_turn_rolls_back(store_memchat: MemChat, fake_llm: ScriptedChatMo
 
 def test_crash_mid_turn_is_recovered(memchat: MemChat, fake_llm: ScriptedChatModel) -> None:
     memchat.turn("t", "My name is Li Ming.", user_id="u")
-    cfg = memchat.config("t", "u")
+    cfg = memchat.config("t")
     # run the first nodes only, persisting per step (as a process killed mid-turn would leave it)
     memchat.graph.invoke({"messages": [HumanMessage(content="half a turn")]}, cfg,
                          interrupt_before=["respond"], durability="sync")

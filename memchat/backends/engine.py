@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import threading
+import weakref
 from collections import Counter
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import SecretStr
 
 from memchat.backends.tokens import TokenCounter, load_tokenizer
 from memchat.backends.vectorstore import Hit, MemoryDoc, VectorMemory, msg_id
 from memchat.memory.prompt import Budget, memory_line
 from memchat.memory.recall_policy import asks, content_free
-from memchat.settings import Settings, get_settings
+from memchat.settings import Settings
 
 
 class Metrics:
@@ -301,16 +305,25 @@ def _item(h: Hit) -> dict[str, Any]:
                 score=round(h.score, 5), neighbour_of=h.neighbour_of)
 
 
-_engines: dict[str, Engine] = {}
+_engines: weakref.WeakValueDictionary[str, Engine] = weakref.WeakValueDictionary()
 _engines_lock = threading.Lock()
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
-    """One engine per distinct settings in this process."""
-    settings = settings or get_settings()
-    key = settings.model_dump_json()
+def settings_key(settings: Settings) -> str:
+    """A digest of every setting, secrets included (``model_dump_json`` masks them: two API keys would look alike)."""
+    raw = settings.model_dump(mode="python")
+    flat = json.dumps({k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in raw.items()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(flat.encode()).hexdigest()
+
+
+def shared_engine(settings: Settings) -> Engine:
+    """The engine of these exact settings while anything holds it (MemChat instances and graphs built on the same
+    settings share its in-process indexes and background summaries); forgotten when no one does."""
+    key = settings_key(settings)
     with _engines_lock:
         eng = _engines.get(key)
         if eng is None:
-            eng = _engines[key] = Engine(settings)
+            eng = Engine(settings)
+            _engines[key] = eng
         return eng

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,3 +197,20 @@ def response_format_for(settings: Settings, fmt: dict[str, Any] | None) -> dict[
 def json_schema_format(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI ``json_schema`` response format."""
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
+
+
+def generation_params(settings: Settings, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Per-request generation parameters (OpenAI names) as ``bind`` arguments of the chat model."""
+    params = dict(params or {})
+    out: dict[str, Any] = {}
+    if params.get("max_tokens") is not None:
+        out["max_completion_tokens"] = int(params["max_tokens"])
+    for k in ("temperature", "top_p", "seed"):
+        if params.get(k) is not None:
+            out[k] = params[k]
+    if params.get("stop"):
+        out["stop"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
+    fmt = response_format_for(settings, params.get("response_format"))
+    if fmt:
+        out["response_format"] = fmt
+    return out
