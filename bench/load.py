@@ -2,7 +2,7 @@
 
 ``memchat bench load [--threads 50] [--turns 20] [--stream] [--url URL --key KEY] [--set KEY=VALUE] [--json]``
 
-Without ``--url`` it starts the SGLang stub LLM (``tests/sglang_stub.py``, a subprocess: near-zero LLM
+Without ``--url`` it starts the SGLang stub LLM (``tests/support/sglang_stub.py``, a subprocess: near-zero LLM
 time, so the figures are memchat's own cost) and a memchat server on a temporary data dir (``memchat
 serve`` in a subprocess, or in this process with ``--server thread``), then ``--threads`` client threads each
 run one conversation of ``--turns`` turns through ``POST /v1/chat/completions`` with ``X-Thread-ID``.

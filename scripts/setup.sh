@@ -18,7 +18,7 @@ fi
 if [ "${1:-}" = "--system" ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
-  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)  # tests/services.py runs initdb/postgres
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)  # tests/support/services.py runs initdb/postgres
   command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
