@@ -21,8 +21,8 @@ LAYERS: dict[str, int] = {
     "memchat.graph": 4,
     "memchat.chat": 5, "memchat.importer": 5,
     "memchat.server": 6,
-    "memchat.cli": 7, "memchat.cli_keys": 7, "memchat.__main__": 7,
-    "memchat.bench": 8,
+    "memchat.bench": 7,
+    "memchat.cli": 8, "memchat.cli_keys": 8, "memchat.__main__": 8,  # the console entry: serve, bench, keys
     "memchat": 9,  # the front door re-exports (lazily) from every layer
 }
 
