@@ -68,22 +68,8 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
                    memories=list(state.get("retrieved") or []), notes=notes, now=date)
     if asm.rebased:
         turns = [t.bare() for t in turns]
-    llm = eng.llm
-    params = generation_params(eng.settings, run_context(config, runtime).get("llm_params"))
-    if params:
-        llm = llm.bind(**params)  # type: ignore[assignment]
     t0 = time.perf_counter()
-    ttft: float | None = None
-    chunks: AIMessageChunk | None = None
-    eng.metrics.inc("llm_calls_respond")
-    try:
-        for chunk in llm.stream(to_lc(asm.messages), config={"tags": ["memchat:respond"]}):
-            if ttft is None and chunk.content:
-                ttft = time.perf_counter() - t0
-            chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
-    except Exception as exc:
-        eng.metrics.inc("llm_failures")
-        raise classify_error(exc) from exc
+    chunks, ttft = _generate(eng, asm.messages, run_context(config, runtime).get("llm_params"))
     reply_text = text_of(chunks) if chunks is not None else ""
     usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
     reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
@@ -91,12 +77,9 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
     cached = cached_tokens(reply)
     prev = state.get("context") or {}
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
-    # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
-    _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
-    docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
     conf = (config or {}).get("configurable") or {}
-    if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
-        eng.store_docs(docs)
+    docs = _side_effects(eng, runtime, state, tid, uid, turn, message, reply_text, date,
+                         defer=bool(conf.get("defer_memory")))
     metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
                              for t in turns]
     metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
@@ -122,6 +105,40 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
         **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
                    asm.sections, asm.dropped_turns, reuse, asm.memories),
     }
+
+
+def _generate(eng: Engine, messages: list[dict[str, str]], llm_params: dict[str, Any] | None
+              ) -> tuple[AIMessageChunk | None, float | None]:
+    """The one LLM call of the turn, streamed (tagged ``memchat:respond``): the reply and its time to first token."""
+    llm = eng.llm
+    params = generation_params(eng.settings, llm_params)
+    if params:
+        llm = llm.bind(**params)  # type: ignore[assignment]
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    chunks: AIMessageChunk | None = None
+    eng.metrics.inc("llm_calls_respond")
+    try:
+        for chunk in llm.stream(to_lc(messages), config={"tags": ["memchat:respond"]}):
+            if ttft is None and chunk.content:
+                ttft = time.perf_counter() - t0
+            chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
+    except Exception as exc:
+        eng.metrics.inc("llm_failures")
+        raise classify_error(exc) from exc
+    return chunks, ttft
+
+
+def _side_effects(eng: Engine, runtime: Any, state: State, tid: str, uid: str, turn: int, message: str,
+                  reply_text: str, date: str, *, defer: bool) -> list[MemoryDoc]:
+    """Everything the turn writes besides its state, after the reply, with idempotent ids (a retried turn never
+    duplicates): the user's profile and audit log in the store, then vector memory, unless deferred (MemChat
+    writes the returned docs, the ``outbox``, once the checkpoint is saved)."""
+    _write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
+    docs = _memory_docs(state, tid, uid, turn, message, reply_text, date)
+    if not defer:
+        eng.store_docs(docs)
+    return docs
 
 
 def _memory_docs(state: State, tid: str, uid: str, turn: int, message: str, reply_text: str,

@@ -20,7 +20,7 @@ from memchat.importer import ThreadExists, import_thread
 from memchat.server.schemas import SYSTEM_ROLES, APIError, ChatCompletionRequest, check_text
 
 if TYPE_CHECKING:
-    from memchat.server.app import ChatPlan
+    from memchat.server.chat_plan import ChatPlan
 
 IMPORTED_HEADER = "X-Memchat-Imported"
 WARNING_HEADER = "X-Memchat-Warning"
