@@ -9,6 +9,7 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
 
 from memchat.backends.engine import Engine
 from memchat.backends.llm import json_schema_format, response_format_for
@@ -50,7 +51,7 @@ def should_summarize(state: State, settings: Settings) -> str:
 def _call_json(eng: Engine, prompt: str, name: str, schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     fmt = response_format_for(eng.settings, json_schema_format(name, schema))
     llm = eng.llm.bind(response_format=fmt, max_completion_tokens=max_tokens, temperature=0)
-    msg = llm.invoke([HumanMessage(content=prompt)], config={"tags": ["memchat:summary"]})
+    msg = llm.invoke([HumanMessage(content=prompt)], config={"tags": ["memchat:summary", TAG_NOSTREAM]})  # not reply tokens
     data = json.loads(text_of(msg))
     if not isinstance(data, dict):
         raise ValueError("summary is not a JSON object")

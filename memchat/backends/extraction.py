@@ -25,6 +25,7 @@ import weakref
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.constants import TAG_NOSTREAM
 
 from memchat.backends.llm import json_schema_format, response_format_for
 from memchat.backends.precompute import MISSING, PENDING, SummaryCache
@@ -71,7 +72,7 @@ def extract(engine: Any, context: dict[str, Any], user_text: str) -> list[dict[s
     try:
         fmt = response_format_for(engine.settings, json_schema_format("slot_operations", OPS_SCHEMA))
         llm = engine.llm.bind(response_format=fmt, max_completion_tokens=MAX_TOKENS, temperature=0)
-        msg = llm.invoke(extraction_messages(context), config={"tags": ["memchat:extraction"]})
+        msg = llm.invoke(extraction_messages(context), config={"tags": ["memchat:extraction", TAG_NOSTREAM]})
         raw = parse_operations(str(msg.content))
     except Exception as exc:  # a failed or invalid extraction never fails a turn
         log.warning("LLM slot extraction failed (%s); the rules tier's slots stand", type(exc).__name__)

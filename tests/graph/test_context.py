@@ -70,3 +70,16 @@ def test_engines_are_shared_per_exact_settings_and_forgotten(settings: Settings)
     del c
     gc.collect()
     assert key not in engine_mod._engines  # no one holds it: the process forgets it (and its secret)
+
+
+def test_summary_calls_do_not_stream_as_reply_tokens(engine: Engine) -> None:
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+    tagged: list[list[str]] = []
+    for i in range(2 * engine.settings.l0_turns + 1):  # L0 reaches 2N turns: the summarize node calls the LLM
+        for _chunk, meta in g.stream({"messages": [HumanMessage(content=f"message {i}")]}, cfg,  # type: ignore[arg-type]
+                                     stream_mode="messages"):
+            tagged.append(list(meta.get("tags") or []))
+    assert engine.llm.calls and any(kind == "summary" for kind, _ in engine.llm.calls)  # type: ignore[attr-defined]
+    assert not [t for t in tagged if "memchat:summary" in t]
+    assert [t for t in tagged if "memchat:respond" in t]
