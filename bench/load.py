@@ -44,7 +44,7 @@ from rich.table import Table
 from memchat.bench.common import emit, parse_overrides, pct
 
 ROOT = Path(__file__).resolve().parent.parent
-STUB = ROOT / "tests" / "sglang_stub.py"
+STUB = ROOT / "tests" / "support" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
 
