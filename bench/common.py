@@ -20,7 +20,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from graph.settings import Settings
+from memchat.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "out"

@@ -22,10 +22,10 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import StubChatModel, bench_settings, emit, out_dir, plt, progress, temp_data_dir
-from bench.synth import conversation
-from graph.checkpoint_prune import thread_bytes
-from graph.views import LAST_TURN_NS
+from memchat.backends.checkpoint_prune import thread_bytes
+from memchat.backends.views import LAST_TURN_NS
+from memchat.bench.common import StubChatModel, bench_settings, emit, out_dir, plt, progress, temp_data_dir
+from memchat.bench.synth import conversation
 
 THREAD = "footprint"
 TARGET_BYTES = 2 * 1024 * 1024
@@ -47,8 +47,8 @@ def _view_bytes(store: Any) -> int:
 
 def run(turns: int, keep: int, checkpoint_url: str = "", quiet: bool = False) -> dict[str, Any]:
     """Run the thread and measure; the result dict."""
-    from graph.chat import MemChat
-    from graph.engine import Engine
+    from memchat.backends.engine import Engine
+    from memchat.chat import MemChat
 
     rows: list[dict[str, Any]] = []
     with temp_data_dir("footprint") as d:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--turns must be at least 1")
     keep = a.keep
     if keep is None:
-        from graph.settings import Settings
+        from memchat.settings import Settings
 
         keep = int(os.environ.get("MEMCHAT_CHECKPOINT_KEEP") or Settings.model_fields["checkpoint_keep"].default)
     res = run(a.turns, keep, a.checkpoint_url)

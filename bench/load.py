@@ -2,7 +2,7 @@
 
 ``memchat bench load [--threads 50] [--turns 20] [--stream] [--url URL --key KEY] [--set KEY=VALUE] [--json]``
 
-Without ``--url`` it starts the SGLang stub LLM (``tests/sglang_stub.py``, a subprocess: near-zero LLM
+Without ``--url`` it starts the SGLang stub LLM (``tests/support/sglang_stub.py``, a subprocess: near-zero LLM
 time, so the figures are memchat's own cost) and a memchat server on a temporary data dir (``memchat
 serve`` in a subprocess, or in this process with ``--server thread``), then ``--threads`` client threads each
 run one conversation of ``--turns`` turns through ``POST /v1/chat/completions`` with ``X-Thread-ID``.
@@ -41,11 +41,11 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from bench.common import emit, parse_overrides, pct
-from bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_table
+from memchat.bench.common import emit, parse_overrides, pct
+from memchat.bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_table
 
 ROOT = Path(__file__).resolve().parent.parent
-STUB = ROOT / "tests" / "sglang_stub.py"
+STUB = ROOT / "tests" / "support" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SERVER_PIDS: dict[str, int] = {}  # root URL → pid of a `memchat serve` started here (for its CPU time)
 
@@ -124,7 +124,7 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         env.update({f"MEMCHAT_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
         env.setdefault("MEMCHAT_LOG_LEVEL", "WARNING")
         out = log.open("ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen([sys.executable, "-m", "graph.cli", "serve", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(port)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(base, lambda: proc.poll() is None)
@@ -138,9 +138,9 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         return
     import uvicorn
 
-    from graph.chat import MemChat
-    from graph.settings import Settings
-    from server.app import create_app
+    from memchat.chat import MemChat
+    from memchat.server.app import create_app
+    from memchat.settings import Settings
 
     s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     app = create_app(s, MemChat(s))
@@ -357,7 +357,7 @@ def _scrape(client: httpx.Client) -> dict[str, float] | None:
         r = client.get("/metrics")
         if r.status_code != 200:
             return None
-        from server.metrics import samples
+        from memchat.server.metrics import samples
 
         return samples(r.text)
     except (httpx.HTTPError, ValueError, ImportError):

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import out_dir, plt
+from memchat.bench.common import out_dir, plt
 
 
 def server_cpu(base: str, pids: dict[str, int]) -> Callable[[], float | None] | None:

@@ -1,7 +1,7 @@
 """LoCoMo all-evidence recall of the memory engine at a memory-token budget.
 
 ``memchat bench locomo --data PATH --budget 2000 [--json] [--limit-conversations N]``
-(``--live`` replays the conversations through real turns instead: see ``bench.locomo_live``.)
+(``--live`` replays the conversations through real turns instead: see ``memchat.bench.locomo_live``.)
 
 Each conversation is fed through the engine's vector memory turn by turn: every utterance is one
 stored message (speaker and session date as metadata, ``seq`` incremental so neighbour expansion
@@ -24,7 +24,9 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import (
+from memchat.backends.engine import Engine
+from memchat.backends.vectorstore import MemoryDoc, msg_id
+from memchat.bench.common import (
     ROOT,
     StubChatModel,
     bench_settings,
@@ -36,9 +38,7 @@ from bench.common import (
     progress,
     temp_data_dir,
 )
-from graph.engine import Engine
-from graph.prompt import memory_line
-from graph.vectorstore import MemoryDoc, msg_id
+from memchat.memory.prompt import memory_line
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "locomo" / "locomo_dev.json"
 CATEGORIES = (1, 2, 3, 4)
@@ -263,7 +263,7 @@ def table(p: dict[str, Any]) -> Table:
 
 def main(argv: list[str]) -> int:
     if "--live" in argv:  # what the model actually sees: the same data through MemChat turns
-        from bench import locomo_live
+        from memchat.bench import locomo_live
 
         return locomo_live.main([a for a in argv if a != "--live"])
     ap = argparse.ArgumentParser(prog="memchat bench locomo", description=__doc__.split("\n\n")[0])

@@ -23,7 +23,10 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import (
+from memchat.backends.engine import CountCache, Engine
+from memchat.backends.tokens import load_tokenizer
+from memchat.backends.vectorstore import msg_id
+from memchat.bench.common import (
     bench_settings,
     emit,
     mean,
@@ -34,12 +37,9 @@ from bench.common import (
     progress,
     temp_data_dir,
 )
-from bench.locomo import CATEGORIES, DEFAULT_DATA, evidence_ids
-from bench.radix import RadixStubChatModel
-from graph.engine import CountCache, Engine
-from graph.tokens import load_tokenizer
-from graph.vectorstore import msg_id
-from nodes.common import l0_turns
+from memchat.bench.locomo import CATEGORIES, DEFAULT_DATA, evidence_ids
+from memchat.bench.radix import RadixStubChatModel
+from memchat.nodes.common import l0_turns
 
 ENGINE_BUDGET = 2000
 TARGETS = {"recall": 0.85, "prompt": 4000, "uncached": 1200, "hot_calls": 1.25}
@@ -74,7 +74,7 @@ def shown_ids(st: dict[str, Any], tid: str) -> set[str]:
 
 
 def _conversation(conv: dict[str, Any], settings_overrides: dict[str, Any], quiet: bool) -> dict[str, Any]:
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     rows: list[dict[str, Any]] = []
     with temp_data_dir("locomo-live") as tmp:

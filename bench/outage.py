@@ -1,7 +1,7 @@
 """Store outages under load: ``memchat bench outage [--threads 6] [--turns 12] [--down 10] [--json]``.
 
-Starts PostgreSQL and a Chroma server on loopback (``tests/services.py``), each behind a TCP proxy that can be
-cut (:mod:`bench.netcut`), the SGLang stub LLM and ``memchat serve`` over them, then runs conversations in
+Starts PostgreSQL and a Chroma server on loopback (``tests/support/services.py``), each behind a TCP proxy that can be
+cut (:mod:`memchat.bench.netcut`), the SGLang stub LLM and ``memchat serve`` over them, then runs conversations in
 parallel while PostgreSQL and then Chroma are taken away for ``--down`` seconds each. Clients retry a turn that
 answered 503/409/504 with the same ``Idempotency-Key`` (so a turn committed before its answer was lost is
 replayed, never run twice). Checked afterwards: no 500, no request slower than the turn deadline + 1 s, every
@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from bench.common import emit
-from bench.load import marker
-from bench.netcut import TcpProxy
+from memchat.bench.common import emit
+from memchat.bench.load import marker
+from memchat.bench.netcut import TcpProxy
 
 RETRY_CODES = {503, 409, 504}
 
@@ -207,8 +207,8 @@ def outage_stack(*, threads: int, turns: int, down: float, turn_timeout: float, 
     """Start what is missing (PostgreSQL, Chroma, the stub LLM, ``memchat serve``), run, stop."""
     from urllib.parse import urlparse
 
-    from bench.load import memchat_server, stub_llm
-    from tests import services
+    from memchat.bench.load import memchat_server, stub_llm
+    from tests.support import services
 
     started: list[Any] = []
     try:

@@ -19,12 +19,22 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import StubChatModel, bench_settings, emit, mean, out_dir, pct, plt, progress, temp_data_dir
-from bench.synth import CITIES, HOBBIES, NAMES, TOPICS, conversation
-from graph.engine import Engine
-from graph.prompt import Turn, assemble, render_head
-from graph.rules import extract_rules, free_facts
-from graph.vectorstore import MemoryDoc, msg_id
+from memchat.backends.engine import Engine
+from memchat.backends.vectorstore import MemoryDoc, msg_id
+from memchat.bench.common import (
+    StubChatModel,
+    bench_settings,
+    emit,
+    mean,
+    out_dir,
+    pct,
+    plt,
+    progress,
+    temp_data_dir,
+)
+from memchat.bench.synth import CITIES, HOBBIES, NAMES, TOPICS, conversation
+from memchat.memory.prompt import Turn, assemble, render_head
+from memchat.memory.rules import extract_rules, free_facts
 
 USER = "bench-user"
 TARGET_P95_MS = 50.0

@@ -18,7 +18,8 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import (
+from memchat.backends.engine import Engine
+from memchat.bench.common import (
     StubChatModel,
     bench_settings,
     emit,
@@ -30,11 +31,10 @@ from bench.common import (
     progress,
     temp_data_dir,
 )
-from bench.synth import conversation
-from graph.engine import Engine
-from graph.prompt import Budget, Message, memory_line, prefix_reuse
-from graph.slots import render_slots
-from prompts import load_prompt
+from memchat.bench.synth import conversation
+from memchat.memory.prompt import Budget, Message, memory_line, prefix_reuse
+from memchat.memory.slots import render_slots
+from memchat.prompts import load_prompt
 
 TARGET_REUSE = 0.85
 TARGET_SUMMARY_PER_TURN = 0.25
@@ -82,7 +82,7 @@ def naive_prompt(persona: str, slots: dict[str, Any], memories: list[dict[str, A
 def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, plot: bool = True,
         settings_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the conversation; returns the JSON payload (with per-turn series)."""
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     msgs = conversation(turns, seed)
     rows: list[dict[str, Any]] = []

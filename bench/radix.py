@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from bench.common import StubChatModel
+from memchat.bench.common import StubChatModel
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 

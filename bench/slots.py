@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import StubChatModel, bench_settings, emit, progress, temp_data_dir
+from memchat.bench.common import StubChatModel, bench_settings, emit, progress, temp_data_dir
 
 
 def score_case(case: dict[str, Any], slots: list[tuple[str, str]], prompt: str) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def score_case(case: dict[str, Any], slots: list[tuple[str, str]], prompt: str) 
 
 def run_cases(cases: list[dict[str, Any]], *, quiet: bool = False) -> list[dict[str, Any]]:
     """Each case on a fresh thread and user of one MemChat over a temp data dir."""
-    from graph.chat import MemChat
-    from graph.engine import Engine
+    from memchat.backends.engine import Engine
+    from memchat.chat import MemChat
 
     results = []
     with temp_data_dir("slots") as d:

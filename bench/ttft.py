@@ -18,17 +18,17 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.common import bench_settings, emit, mean, out_dir, plt, progress, temp_data_dir
-from bench.prefix import naive_prompt
-from bench.synth import conversation
-from graph.prompt import Message
+from memchat.bench.common import bench_settings, emit, mean, out_dir, plt, progress, temp_data_dir
+from memchat.bench.prefix import naive_prompt
+from memchat.bench.synth import conversation
+from memchat.memory.prompt import Message
 
 TARGET_SPEEDUP = 3.0
 
 
 def first_token_s(llm: Any, messages: list[Message]) -> float:
     """Seconds until the first streamed token of ``messages``."""
-    from nodes.respond import to_lc
+    from memchat.nodes.respond import to_lc
 
     t0 = time.perf_counter()
     first: float | None = None
@@ -41,10 +41,10 @@ def first_token_s(llm: Any, messages: list[Message]) -> float:
 def run(turns: int = 50, window: int = 10, max_tokens: int | None = None, seed: int = 7, quiet: bool = False,
         plot: bool = True) -> dict[str, Any]:
     """Run both layouts on the embedded server; returns the JSON payload."""
-    from graph.chat import MemChat
-    from graph.engine import Engine
-    from graph.local_server import _servers, ensure_local_server
-    from graph.prompt import Budget, prefix_reuse
+    from memchat.backends.engine import Engine
+    from memchat.backends.local_server import _servers, ensure_local_server
+    from memchat.chat import MemChat
+    from memchat.memory.prompt import Budget, prefix_reuse
 
     msgs = conversation(turns, seed)
     rows: list[dict[str, Any]] = []

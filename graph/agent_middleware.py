@@ -1,7 +1,7 @@
 """memchat memory for LangChain 1.x agents: ``create_agent(model, tools, middleware=[MemchatMiddleware()])``.
 
 * ``before_agent`` (once per turn): extract → slots → summarize-if-due → retrieve for the new user message
-  and plan the turn's prefix-stable prompt (memchat's own nodes, :mod:`graph.memory_steps`);
+  and plan the turn's prefix-stable prompt (memchat's own nodes, :mod:`memchat.graph.memory_steps`);
 * ``wrap_model_call`` (every model call of the turn, tool loop included): the model sees the planned prompt
   (frozen head with slots and L2, L1 lines, verbatim L0 turns, memory block + new message) followed by the
   turn's tool calls and results in order, so each call's prompt extends the previous one;
@@ -24,8 +24,8 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.memory_steps import (
+from memchat.backends.engine import Engine, shared_engine
+from memchat.graph.memory_steps import (
     apply_update,
     finish,
     plan_prompt,
@@ -34,7 +34,7 @@ from graph.memory_steps import (
     turn_messages,
     with_turn,
 )
-from graph.settings import Settings
+from memchat.settings import Settings, get_settings
 
 __all__ = ["MemchatAgentState", "MemchatMiddleware"]
 
@@ -63,7 +63,7 @@ class MemchatMiddleware(AgentMiddleware[MemchatAgentState, Any, Any]):
 
     def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None) -> None:
         super().__init__()
-        self.engine = engine or get_engine(settings)
+        self.engine = engine or shared_engine(settings or get_settings())
         self.tools = []
 
     # ---- hooks -----------------------------------------------------------------------------

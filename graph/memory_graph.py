@@ -19,12 +19,19 @@ from langgraph.graph import END, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.memory_steps import add_memory_nodes, finish, plan_prompt, to_messages, turn_messages, with_turn
-from graph.settings import Settings
-from graph.state import State
-from nodes import should_summarize
-from nodes.common import current_message
+from memchat.backends.engine import Engine, shared_engine
+from memchat.graph.memory_steps import (
+    add_memory_nodes,
+    finish,
+    plan_prompt,
+    to_messages,
+    turn_messages,
+    with_turn,
+)
+from memchat.memory.state import State
+from memchat.nodes import should_summarize
+from memchat.nodes.common import current_message
+from memchat.settings import Settings, get_settings
 
 __all__ = ["AgentMemoryState", "memory_graph", "prompt_messages", "remember_node"]
 
@@ -43,7 +50,7 @@ def _bind(engine: Engine, fn: Any) -> Any:
 
 def memory_graph(settings: Settings | None = None, *, engine: Engine | None = None) -> CompiledStateGraph:
     """The memory subgraph: add it as a node (``g.add_node("memory", memory_graph())``) before your model."""
-    eng = engine or get_engine(settings)
+    eng = engine or shared_engine(settings or get_settings())
 
     def plan(state: AgentMemoryState, config: RunnableConfig) -> dict[str, Any]:
         current_message(state)  # a turn needs a new user message
@@ -51,7 +58,7 @@ def memory_graph(settings: Settings | None = None, *, engine: Engine | None = No
 
     g = StateGraph(AgentMemoryState)
     add_memory_nodes(g, partial(_bind, eng),
-                     lambda s: should_summarize(s, {"configurable": {"__memchat_engine": eng}}), then="plan")
+                     lambda s: should_summarize(s, eng.settings), then="plan")
     g.add_node("plan", plan)
     g.add_edge("plan", END)
     return g.compile(name="memchat_memory")
@@ -60,14 +67,14 @@ def memory_graph(settings: Settings | None = None, *, engine: Engine | None = No
 def prompt_messages(state: AgentMemoryState, engine: Engine | None = None, system: str | None = None
                     ) -> list[BaseMessage]:
     """What to send the model now: the planned prompt + this turn's tool calls and results, in order."""
-    eng = engine or get_engine()
+    eng = engine or shared_engine(get_settings())
     plan = state.get("prompt") or {}
     return with_turn(eng, to_messages(plan, system), turn_messages(state.get("messages") or [], plan.get("human_id")))
 
 
 def remember_node(settings: Settings | None = None, *, engine: Engine | None = None) -> Any:
     """The node that ends a turn (after your model's final reply)."""
-    eng = engine or get_engine(settings)
+    eng = engine or shared_engine(settings or get_settings())
 
     def remember(state: AgentMemoryState, config: RunnableConfig, runtime: Runtime) -> dict[str, Any]:
         plan = state.get("prompt") or {}

@@ -1,12 +1,12 @@
-"""The memory steps of a turn, shared by memchat's graph, :func:`graph.memory_graph.memory_graph` and
-:class:`graph.agent_middleware.MemchatMiddleware` (one implementation):
+"""The memory steps of a turn, shared by memchat's graph, :func:`memchat.graph.memory_graph.memory_graph` and
+:class:`memchat.graph.agent_middleware.MemchatMiddleware` (one implementation):
 
 * :func:`add_memory_nodes` wires extract_facts → update_slots → [summarize] → retrieve into a graph;
 * :func:`prepare` runs the same nodes in order on a plain state dict (for middleware);
 * :func:`plan_prompt` assembles the prefix-stable prompt (frozen head, L1, verbatim L0, memory + message);
 * :func:`with_turn` extends it with the turn's tool calls and results (long results truncated with a
   visible marker so the budget holds; each call's prompt is a prefix of the next one);
-* :func:`finish` is the turn's bookkeeping after the final reply, and :func:`graph.memory_api.remember`.
+* :func:`finish` is the turn's bookkeeping after the final reply, and :func:`memchat.backends.memory_api.remember`.
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.graph.message import add_messages
 
-from graph.engine import Engine
-from graph.llm import cached_tokens
-from graph.memory_api import remember
-from graph.prompt import prefix_reuse
-from graph.state import TurnMeta, merge_counters
-from nodes import extract_facts, retrieve, should_summarize, summarize, update_slots
-from nodes.common import current_message, thread_id, turn_prompt, user_id
+from memchat.backends.engine import Engine
+from memchat.backends.llm import cached_tokens
+from memchat.backends.memory_api import remember
+from memchat.memory.prompt import prefix_reuse
+from memchat.memory.state import TurnMeta, merge_counters
+from memchat.nodes import extract_facts, retrieve, should_summarize, summarize, update_slots
+from memchat.nodes.common import current_message, thread_id, turn_prompt, user_id
 
 MEMORY_NODES = ("extract_facts", "update_slots", "summarize", "retrieve")
 TOOL_MARGIN = 64  # tokens kept free after each tool result (the next call's tool-call message)
 
 
-def add_memory_nodes(g: StateGraph, bind: Callable[[Any], Any], route: Callable[[Any], str], then: str) -> None:
+def add_memory_nodes(g: StateGraph[Any, Any, Any, Any], bind: Callable[[Any], Any], route: Callable[[Any], str], then: str) -> None:
     """Add the four memory nodes to ``g`` (START → extract_facts … retrieve → ``then``)."""
     from langgraph.graph import START
 
@@ -74,7 +74,7 @@ def prepare(state: Mapping[str, Any], config: RunnableConfig, engine: Engine, st
     rt: Any = SimpleNamespace(store=store)
     s = apply_update(state, extract_facts(cast(Any, state), config, engine=engine))
     s = apply_update(s, update_slots(cast(Any, s), config, rt, engine=engine))
-    if should_summarize(cast(Any, s), {"configurable": {"__memchat_engine": engine}}) == "summarize":
+    if should_summarize(cast(Any, s), engine.settings) == "summarize":
         s = apply_update(s, summarize(cast(Any, s), config, engine=engine))
     return apply_update(s, retrieve(cast(Any, s), config, engine=engine))
 
@@ -133,7 +133,7 @@ def with_turn(engine: Engine, prompt: list[BaseMessage], turn: Sequence[AnyMessa
 def finish(state: Mapping[str, Any], config: RunnableConfig, engine: Engine, store: Any, plan: Mapping[str, Any],
            reply: AIMessage, turn_msgs: Sequence[BaseMessage], *, human: HumanMessage | None = None) -> dict[str, Any]:
     """The turn's bookkeeping once the final reply exists (what respond returns), after writing the turn
-    to memory (:func:`graph.memory_api.remember`: messages, tool results, facts, audit, profile)."""
+    to memory (:func:`memchat.backends.memory_api.remember`: messages, tool results, facts, audit, profile)."""
     tid, uid = thread_id(config), user_id(state, config)
     turn = int(state.get("turn") or 0) + 1
     human = human or current_message(state)

@@ -9,8 +9,11 @@ from typing import Any
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
-from graph.namespaces import LEGACY_ANONYMOUS, thread_scope
-from graph.prompt import Assembled, Turn, assemble, render_head
+from memchat.memory.namespaces import LEGACY_ANONYMOUS, thread_scope
+from memchat.memory.prompt import Assembled, Turn, assemble, render_head
+from memchat.memory.state import Context
+
+CONTEXT_KEYS = tuple(Context.__annotations__)  # user_id, persona, llm_params, request_context
 
 
 def thread_id(config: RunnableConfig | None) -> str:
@@ -18,12 +21,27 @@ def thread_id(config: RunnableConfig | None) -> str:
     return str(((config or {}).get("configurable") or {}).get("thread_id") or "default")
 
 
-def user_id(state: Mapping[str, Any], config: RunnableConfig | None) -> str:
-    """The user of this run: ``configurable.user_id``, else the thread's user, else the thread's own scope
-    (a thread without a user shares its profile and facts with no other thread)."""
+def run_context(config: RunnableConfig | None, runtime: Any = None) -> Context:
+    """The run's per-request values (:class:`~memchat.memory.state.Context`), converted in this one place:
+    LangGraph's run context (``invoke(..., context={...})``, ``Runtime.context``) first, then ``configurable``,
+    the entry of LangGraph Platform (``langgraph dev``) and LangServe clients."""
+    ctx = getattr(runtime, "context", None)
+    ctx = ctx if isinstance(ctx, Mapping) else vars(ctx) if ctx is not None and hasattr(ctx, "__dict__") else {}
     conf = (config or {}).get("configurable") or {}
-    if conf.get("user_id"):
-        return str(conf["user_id"])
+    out: dict[str, Any] = {}
+    for key in CONTEXT_KEYS:
+        value = ctx.get(key) if ctx.get(key) not in (None, "", {}) else conf.get(key)
+        if value not in (None, "", {}):
+            out[key] = value
+    return out  # type: ignore[return-value]
+
+
+def user_id(state: Mapping[str, Any], config: RunnableConfig | None, runtime: Any = None) -> str:
+    """The user of this run: the run context's ``user_id``, else the thread's user, else the thread's own scope
+    (a thread without a user shares its profile and facts with no other thread)."""
+    given = run_context(config, runtime).get("user_id")
+    if given:
+        return str(given)
     owner = state.get("user_id")
     if owner and owner != LEGACY_ANONYMOUS:
         return str(owner)
@@ -76,25 +94,25 @@ def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
     return out
 
 
-def request_context(config: RunnableConfig | None) -> str:
-    """Text the caller added for this request only (``configurable.request_context``)."""
-    return str(((config or {}).get("configurable") or {}).get("request_context") or "").strip()
+def request_context(config: RunnableConfig | None, runtime: Any = None) -> str:
+    """Text the caller added for this request only (the run context's ``request_context``)."""
+    return str(run_context(config, runtime).get("request_context") or "").strip()
 
 
 def with_context(message: str, context: str) -> str:
     """The new message with the per-request context block in front (volatile tail only, never stored)."""
     if not context:
         return message
-    from prompts import load_prompt
+    from memchat.prompts import load_prompt
 
     return load_prompt("request_context").strip().format(context=context) + "\n\n" + message
 
 
-def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: Any
+def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: Any, runtime: Any = None
                 ) -> tuple[Assembled, list[Turn], list[str], str]:
     """The turn's prefix-stable prompt within budget: (assembled prompt, the L0 turns as sent, the slot
     notes of the tail, the turn's date and time)."""
-    from graph.slots import describe_change
+    from memchat.memory.slots import describe_change
 
     message = text_of(current_message(state))
     turns = l0_turns(state)
@@ -105,7 +123,7 @@ def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: An
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
     notes = [n for n in (describe_change(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
     asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],
-                   turns=turns, message=with_context(message, request_context(config)),
+                   turns=turns, message=with_context(message, request_context(config, runtime)),
                    memories=list(state.get("retrieved") or []), notes=notes, now=date)
     if asm.rebased:
         turns = [t.bare() for t in turns]

@@ -9,23 +9,25 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.extraction import take
-from graph.namespaces import public_user
-from graph.rules import extract_rules
-from graph.slots import keep_grounded
-from graph.state import State
-from nodes.common import current_message, text_of, thread_id, user_id
+from memchat.backends.engine import Engine
+from memchat.backends.extraction import take
+from memchat.memory.namespaces import public_user
+from memchat.memory.rules import extract_rules
+from memchat.memory.slots import keep_grounded
+from memchat.memory.state import Context, State
+from memchat.nodes.common import current_message, text_of, thread_id, user_id
 
 
-def extract_facts(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+def extract_facts(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+                  engine: Engine) -> dict[str, Any]:
     """Rules tier (zero LLM calls) on the new message, after the LLM tier's operations on the previous one
-    (computed after its reply, see :mod:`graph.extraction`), so this turn's own words come last."""
-    eng = engine or get_engine()
+    (computed after its reply, see :mod:`memchat.backends.extraction`), so this turn's own words come last."""
+    eng = engine
     human = current_message(state)
     text = text_of(human)
-    update: dict[str, Any] = {"user_id": public_user(user_id(state, config))}
+    update: dict[str, Any] = {"user_id": public_user(user_id(state, config, runtime))}
     limit = eng.settings.max_message_tokens
     if eng.tokenizer.count(text) > limit:
         text = eng.tokenizer.truncate(text, limit)

@@ -11,16 +11,16 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
-from graph import deadline
-from graph.engine import Engine, get_engine
-from graph.extraction import turn_key
-from graph.llm import cached_tokens, classify_error, response_format_for
-from graph.memory_api import fact_id, memory_docs, write_profile
-from graph.prompt import prefix_reuse
-from graph.receipts import add_receipt
-from graph.state import State, TurnMeta
-from graph.vectorstore import MemoryDoc
-from nodes.common import current_message, text_of, thread_id, turn_prompt, user_id
+from memchat.backends import deadline
+from memchat.backends.engine import Engine
+from memchat.backends.extraction import turn_key
+from memchat.backends.llm import cached_tokens, classify_error, generation_params
+from memchat.backends.memory_api import fact_id, memory_docs, write_profile
+from memchat.backends.vectorstore import MemoryDoc
+from memchat.memory.prompt import prefix_reuse
+from memchat.memory.receipts import add_receipt
+from memchat.memory.state import Context, State, TurnMeta
+from memchat.nodes.common import current_message, run_context, text_of, thread_id, turn_prompt, user_id
 
 __all__ = ["fact_id", "respond", "to_lc"]
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
@@ -32,37 +32,58 @@ def to_lc(messages: list[dict[str, str]]) -> list[BaseMessage]:
     return [kinds[m["role"]](content=m["content"]) for m in messages]  # type: ignore[misc]
 
 
-def _llm_params(eng: Engine, config: RunnableConfig) -> dict[str, Any]:
-    """Per-request generation parameters (``configurable.llm_params``)."""
-    params = dict(((config or {}).get("configurable") or {}).get("llm_params") or {})
-    out: dict[str, Any] = {}
-    if params.get("max_tokens") is not None:
-        out["max_completion_tokens"] = int(params["max_tokens"])
-    for k in ("temperature", "top_p", "seed"):
-        if params.get(k) is not None:
-            out[k] = params[k]
-    if params.get("stop"):
-        out["stop"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
-    fmt = response_format_for(eng.settings, params.get("response_format"))
-    if fmt:
-        out["response_format"] = fmt
-    return out
-
-
-def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
-            engine: Engine | None = None) -> dict[str, Any]:
+def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+            engine: Engine) -> dict[str, Any]:
     """One LLM call on the hot path. Side effects only after the reply: the audit log and profile, then vector
     memory (or, under MemChat, ``outbox``: MemChat writes it after the checkpoint, so a failed turn leaves none)."""
-    eng = engine or get_engine()
-    tid, uid = thread_id(config), user_id(state, config)
+    eng = engine
+    tid, uid = thread_id(config), user_id(state, config, runtime)
     turn = int(state.get("turn") or 0) + 1
-    human = current_message(state)
-    message = text_of(human)
-    asm, turns, notes, date = turn_prompt(state, config, eng)
+    message = text_of(current_message(state))
+    asm, turns, notes, date = turn_prompt(state, config, eng, runtime)
+    t0 = time.perf_counter()
+    chunks, ttft = _generate(eng, asm.messages, run_context(config, runtime).get("llm_params"))
+    reply_text = text_of(chunks) if chunks is not None else ""
+    usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
+    reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
+                      response_metadata={"turn": turn})
+    cached = cached_tokens(reply)
+    conf = (config or {}).get("configurable") or {}
+    prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view
+    reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
+    docs = _side_effects(eng, runtime, state, tid, uid, turn, message, reply_text, date,
+                         defer=bool(conf.get("defer_memory")))
+    metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
+                             for t in turns]
+    metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
+    prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
+    context = {
+        "turn": turn, "messages": asm.messages, "reply": reply_text, "sections": asm.sections,
+        "cached_tokens": cached, "prefix_reuse": round(reuse, 4), "ttft_s": ttft,
+        "latency_s": round(time.perf_counter() - t0, 4), "usage": usage,
+        "dropped_turns": asm.dropped_turns, "rebased": asm.rebased, "truncated": asm.truncated_message,
+        "retrieved_ids": [m.get("id") for m in asm.memories],
+    }
+    return {
+        "messages": [reply], "turn": turn, "l0_meta": metas, "candidates": [], "pending_facts": [],
+        "memory_rebase": False,
+        **views_update(tid, context, list(state.get("retrieved") or []), conf),
+        "counters": {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
+                     "cached_tokens": int(cached or 0)},
+        "outbox": _outbox(state, docs, bool(conf.get("outbox_carry"))) if conf.get("defer_memory") else [],
+        **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
+                   asm.sections, asm.dropped_turns, reuse, asm.memories),
+    }
+
+
+def _generate(eng: Engine, messages: list[dict[str, str]], llm_params: dict[str, Any] | None
+              ) -> tuple[AIMessageChunk | None, float | None]:
+    """The one LLM call of the turn, streamed (tagged ``memchat:respond``): the reply and its time to first token.
+    Under ``MEMCHAT_TURN_TIMEOUT`` the call gets only what the turn has left."""
     llm = eng.llm
-    params = _llm_params(eng, config)
+    params = generation_params(eng.settings, llm_params)
     left = deadline.remaining()
-    if left is not None:  # MEMCHAT_TURN_TIMEOUT: the call gets only what the turn has left
+    if left is not None:
         params["timeout"] = max(0.1, left)
     if params:
         llm = llm.bind(**params)  # type: ignore[assignment]
@@ -71,7 +92,7 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
     chunks: AIMessageChunk | None = None
     eng.metrics.inc("llm_calls_respond")
     try:
-        for chunk in llm.stream(to_lc(asm.messages), config={"tags": ["memchat:respond"]}):
+        for chunk in llm.stream(to_lc(messages), config={"tags": ["memchat:respond"]}):
             if ttft is None and chunk.content:
                 ttft = time.perf_counter() - t0
             chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
@@ -84,45 +105,19 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime | None = None
         if left is not None and (deadline.remaining() or 0.0) < 0.05:  # cut by the turn's deadline
             raise deadline.TurnTimeout(eng.settings.turn_timeout) from exc
         raise classify_error(exc) from exc
-    reply_text = text_of(chunks) if chunks is not None else ""
-    usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
-    reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
-                      response_metadata={"turn": turn})
-    cached = cached_tokens(reply)
-    conf = (config or {}).get("configurable") or {}
-    prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view
-    reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
-    # --- side effects, idempotent ids (a retried turn never duplicates); vector memory last ---
+    return chunks, ttft
+
+
+def _side_effects(eng: Engine, runtime: Any, state: State, tid: str, uid: str, turn: int, message: str,
+                  reply_text: str, date: str, *, defer: bool) -> list[MemoryDoc]:
+    """Everything the turn writes besides its state, after the reply, with idempotent ids (a retried turn never
+    duplicates): the user's profile and audit log in the store, then vector memory, unless deferred (MemChat
+    writes the returned docs, the ``outbox``, once the checkpoint is saved)."""
     write_profile(getattr(runtime, "store", None), state, tid, uid, turn)
     docs = memory_docs(state, tid, uid, turn, message, reply_text, date)
-    if not conf.get("defer_memory"):  # MemChat defers: it writes the outbox once the checkpoint is saved
+    if not defer:
         eng.store_docs(docs)
-    metas: list[TurnMeta] = [TurnMeta(turn=t.turn, memories=t.memories, notes=t.notes, date=t.date)
-                             for t in turns]
-    metas.append(TurnMeta(turn=turn, memories=asm.memories, notes=notes, date=date))
-    prompt_tokens = int(usage.get("input_tokens") or asm.sections["total"])  # type: ignore[call-overload]
-    counters = {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
-                "cached_tokens": int(cached or 0)}
-    context = {
-        "turn": turn, "messages": asm.messages, "reply": reply_text, "sections": asm.sections,
-        "cached_tokens": cached, "prefix_reuse": round(reuse, 4), "ttft_s": ttft,
-        "latency_s": round(time.perf_counter() - t0, 4), "usage": usage,
-        "dropped_turns": asm.dropped_turns, "rebased": asm.rebased, "truncated": asm.truncated_message,
-        "retrieved_ids": [m.get("id") for m in asm.memories],
-    }
-    return {
-        "messages": [reply],
-        "turn": turn,
-        "l0_meta": metas,
-        "candidates": [],
-        "pending_facts": [],
-        "memory_rebase": False,
-        **views_update(tid, context, list(state.get("retrieved") or []), conf),
-        "counters": counters,
-        "outbox": _outbox(state, docs, bool(conf.get("outbox_carry"))) if conf.get("defer_memory") else [],
-        **_receipt(state, conf.get("receipt"), eng.settings.idempotency_keys, reply_text, turn, usage, cached,
-                   asm.sections, asm.dropped_turns, reuse, asm.memories),
-    }
+    return docs
 
 
 def _outbox(state: State, docs: list[MemoryDoc], carry: bool) -> list[dict[str, Any]]:
@@ -156,4 +151,3 @@ def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage
               "context": {"sections": sections, "dropped_turns": dropped, "prefix_reuse": round(reuse, 4),
                           "retrieved_ids": [m.get("id") for m in memories]}}
     return {"receipts": add_receipt(state.get("receipts") or [], {**request, **result}, keep)}
-

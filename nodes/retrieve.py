@@ -6,22 +6,24 @@ import logging
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.prompt import memory_line
-from graph.recall_policy import asks, content_free
-from graph.state import State
-from graph.vectorstore import msg_id
-from nodes.common import current_message, l0_turns, text_of, thread_id, user_id
+from memchat.backends.engine import Engine
+from memchat.backends.vectorstore import msg_id
+from memchat.memory.prompt import memory_line
+from memchat.memory.recall_policy import asks, content_free
+from memchat.memory.state import Context, State
+from memchat.nodes.common import current_message, l0_turns, text_of, thread_id, user_id
 
 log = logging.getLogger("memchat.retrieve")
 
 
-def retrieve(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+def retrieve(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+             engine: Engine) -> dict[str, Any]:
     """Memories for this turn within what the memory budget has left (sticky blocks count)."""
-    eng = engine or get_engine()
+    eng = engine
     s = eng.settings
-    tid, uid = thread_id(config), user_id(state, config)
+    tid, uid = thread_id(config), user_id(state, config, runtime)
     query = text_of(current_message(state))
     turns = l0_turns(state)
     shown = {m["id"] for t in turns for m in t.memories if "id" in m}

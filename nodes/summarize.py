@@ -9,17 +9,18 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.constants import TAG_NOSTREAM
 
-from graph.engine import Engine, get_engine
-from graph.llm import json_schema_format, response_format_for
-from graph.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
-from graph.prompt import Turn
-from graph.rules import sentences
-from graph.slots import grounded
-from graph.state import State
-from nodes.common import completed_pairs, l0_turns, text_of, thread_id
-from nodes.update_slots import head_snapshot
-from prompts import load_prompt
+from memchat.backends.engine import Engine
+from memchat.backends.llm import json_schema_format, response_format_for
+from memchat.backends.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
+from memchat.memory.prompt import Turn
+from memchat.memory.rules import sentences
+from memchat.memory.slots import grounded, head_snapshot
+from memchat.memory.state import State
+from memchat.nodes.common import completed_pairs, l0_turns, text_of, thread_id
+from memchat.prompts import load_prompt
+from memchat.settings import Settings
 
 log = logging.getLogger("memchat.summarize")
 
@@ -36,28 +37,21 @@ def l1_coverage(l1: list[dict[str, Any]]) -> int:
     return sum(int(b["to_turn"]) - int(b["from_turn"]) + 1 for b in l1)
 
 
-def should_summarize(state: State, config: RunnableConfig | None = None) -> str:
-    """Route: ``summarize`` when L0 reached 2×N turns, L1 is due for L2, or L2 was requested."""
-    from graph.settings import get_settings
-
-    s = _settings(config) or get_settings()
-    n = s.l0_turns
+def should_summarize(state: State, settings: Settings) -> str:
+    """Route after update_slots: summarize when L0 holds 2N turns, L1 covers more than the L2 threshold + N turns,
+    or L2 was asked for."""
+    n = settings.l0_turns
     if len(completed_pairs(state)) >= 2 * n or state.get("l2_requested"):
         return "summarize"
-    if l1_coverage(state.get("l1") or []) >= s.l2_threshold + n:
+    if l1_coverage(state.get("l1") or []) >= settings.l2_threshold + n:
         return "summarize"
     return "retrieve"
-
-
-def _settings(config: RunnableConfig | None) -> Any:
-    eng = ((config or {}).get("configurable") or {}).get("__memchat_engine")
-    return getattr(eng, "settings", None)
 
 
 def _call_json(eng: Engine, prompt: str, name: str, schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     fmt = response_format_for(eng.settings, json_schema_format(name, schema))
     llm = eng.llm.bind(response_format=fmt, max_completion_tokens=max_tokens, temperature=0)
-    msg = llm.invoke([HumanMessage(content=prompt)], config={"tags": ["memchat:summary"]})
+    msg = llm.invoke([HumanMessage(content=prompt)], config={"tags": ["memchat:summary", TAG_NOSTREAM]})  # not reply tokens
     data = json.loads(text_of(msg))
     if not isinstance(data, dict):
         raise ValueError("summary is not a JSON object")
@@ -134,9 +128,9 @@ def summarize_l2(eng: Engine, l2: dict[str, Any] | None, lines: list[dict[str, A
         return None
 
 
-def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = None) -> dict[str, Any]:
+def summarize(state: State, config: RunnableConfig, *, engine: Engine) -> dict[str, Any]:
     """Fold the oldest N verbatim turns into one L1 line; fold old L1 lines into L2 when due."""
-    eng = engine or get_engine()
+    eng = engine
     s = eng.settings
     n = s.l0_turns
     update: dict[str, Any] = {"l2_requested": False}
@@ -194,7 +188,7 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine | None = N
     return update
 
 
-# ---- background: the next compaction's summaries, computed after the reply (graph.precompute) ----
+# ---- background: the next compaction's summaries, computed after the reply (memchat.backends.precompute) ----
 
 
 def schedule_next(engine: Engine, thread_id: str, state: Mapping[str, Any]) -> bool:

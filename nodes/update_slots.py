@@ -8,24 +8,13 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from graph.engine import Engine, get_engine
-from graph.namespaces import audit_namespace, profile_namespace, search_all
-from graph.slots import LOG_LIMIT, REMOVED, apply_operations, expire
-from graph.state import Slot, State
-from nodes.common import thread_id, user_id
+from memchat.backends.engine import Engine
+from memchat.memory.namespaces import audit_namespace, profile_namespace, search_all
+from memchat.memory.slots import LOG_LIMIT, PROFILE_KINDS, REMOVED, apply_operations, expire, head_snapshot
+from memchat.memory.state import Context, Slot, State
+from memchat.nodes.common import thread_id, user_id
 
-PROFILE_KINDS = ("fact", "preference", "instruction")
 __all__ = ["PROFILE_KINDS", "audit_namespace", "head_snapshot", "profile_namespace", "update_slots"]
-
-
-def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | None) -> dict[str, Any]:
-    """What the frozen head shows (values only, so refreshing a slot does not rewrite it)."""
-    shown: dict[str, Any] = {}
-    for k, v in slots.items():
-        shown[k] = {"kind": v.get("kind"), "value": v.get("value")}
-        if v.get("origin"):
-            shown[k]["origin"] = v["origin"]
-    return {"persona": persona, "slots": shown, "l2": l2}
 
 
 def carried(slot: dict[str, Any], tid: str) -> Slot:
@@ -37,15 +26,15 @@ def carried(slot: dict[str, Any], tid: str) -> Slot:
     return out  # type: ignore[return-value]
 
 
-def update_slots(state: State, config: RunnableConfig, runtime: Runtime | None = None, *,
-                 engine: Engine | None = None) -> dict[str, Any]:
+def update_slots(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
+                 engine: Engine) -> dict[str, Any]:
     """Returns the new slots, this turn's changes and the audit log; freezes the head on turn 1.
 
     A slot that was retracted, completed, forgotten or expired leaves the head at once (the head is
     rebuilt): what the head shows is never stale. Other changes go to the prompt tail until compaction.
     """
-    eng = engine or get_engine()
-    tid, uid = thread_id(config), user_id(state, config)
+    eng = engine
+    tid, uid = thread_id(config), user_id(state, config, runtime)
     turn = int(state.get("turn") or 0) + 1
     slots: dict[str, Slot] = dict(state.get("slots") or {})
     events: list[dict[str, Any]] = []

@@ -9,4 +9,4 @@ from importlib.resources import files
 @lru_cache(maxsize=64)
 def load_prompt(name: str) -> str:
     """The text of ``prompts/<name>.txt``."""
-    return files("prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+    return files("memchat.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ fi
 if [ "${1:-}" = "--system" ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
-  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)  # tests/services.py runs initdb/postgres
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)  # tests/support/services.py runs initdb/postgres
   command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
@@ -57,7 +57,7 @@ fi
 wheel=$(find "$WHEELHOUSE" -maxdepth 1 -name "llama_cpp_python-$LLAMA_VERSION-*.whl" | head -1)
 pip_ install --find-links "$WHEELHOUSE" "${wheel}[server]"
 pip_ install --find-links "$WHEELHOUSE" -e ".[dev]"
-.venv/bin/python -c "import llama_cpp, graph, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
+.venv/bin/python -c "import llama_cpp, memchat.graph.builder, torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
 rm -f .venv/.memchat-setup-*
 touch "$stamp"
 echo "setup: ready (.venv)"

@@ -6,7 +6,7 @@ requests per thread (running or waiting); more are answered 409 ``thread_busy`` 
 worker, so a busy thread cannot starve the rest of the server. A waiter that stays queued for
 ``MEMCHAT_THREAD_WAIT`` seconds also gets 409 ``thread_busy`` (raised by MemChat).
 
-``Idempotency-Key`` (request header) makes a turn safe to retry: see :mod:`graph.receipts`.
+``Idempotency-Key`` (request header) makes a turn safe to retry: see :mod:`memchat.memory.receipts`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from starlette.datastructures import Headers
 
-from graph.receipts import MAX_KEY_CHARS
-from server.schemas import APIError
+from memchat.memory.receipts import MAX_KEY_CHARS
+from memchat.server.schemas import APIError
 
 T = TypeVar("T")
 IDEMPOTENCY_HEADER = "idempotency-key"

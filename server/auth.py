@@ -13,10 +13,10 @@ something (not GET/HEAD/OPTIONS) must come from the same origin when the browser
 from (``Origin`` / ``Sec-Fetch-Site``): a second line behind ``SameSite=Strict`` against cross-site
 request forgery.
 
-Tenant keys (``MEMCHAT_API_KEYS_FILE``, :mod:`server.keys`) authenticate the same ways; the middleware puts
-the :class:`~server.tenancy.Principal` (the admin, or the tenant key and its users) on the request
-(``scope["state"]["principal"]``) for :mod:`server.tenancy` to check. Failed logins are throttled per client
-address (:mod:`server.throttle`). Keys are compared in constant time and never logged.
+Tenant keys (``MEMCHAT_API_KEYS_FILE``, :mod:`memchat.server.keys`) authenticate the same ways; the middleware puts
+the :class:`~memchat.server.tenancy.Principal` (the admin, or the tenant key and its users) on the request
+(``scope["state"]["principal"]``) for :mod:`memchat.server.tenancy` to check. Failed logins are throttled per client
+address (:mod:`memchat.server.throttle`). Keys are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from fastapi.responses import HTMLResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.keys import TENANT_TOKEN_PREFIX, KeyStore, TenantKey, tenant_of_session
-from server.schemas import APIError
-from server.tenancy import ADMIN, Principal
+from memchat.server.keys import TENANT_TOKEN_PREFIX, KeyStore, TenantKey, tenant_of_session
+from memchat.server.schemas import APIError
+from memchat.server.tenancy import ADMIN, Principal
 
 log = logging.getLogger("memchat.server")
 

@@ -13,9 +13,9 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from graph.deadline import TurnTimeout
-from graph.persistence import PersistenceError, ThreadBusy
-from server.schemas import APIError
+from memchat.backends.deadline import TurnTimeout
+from memchat.backends.persistence import PersistenceError, ThreadBusy
+from memchat.server.schemas import APIError
 
 T = TypeVar("T")
 RETRY_AFTER = "5"

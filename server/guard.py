@@ -12,7 +12,7 @@ preflight) and may rebind its own name to 127.0.0.1 to read the answers. So, wit
   neither the request's ``Host`` nor an ``MEMCHAT_ALLOWED_HOSTS`` entry): else 403.
 
 With a key, the key is what protects the data (a page cannot send ``Authorization``, and the session cookie
-has its own same-origin check in :mod:`server.auth`), so the ``Host`` check applies only when
+has its own same-origin check in :mod:`memchat.server.auth`), so the ``Host`` check applies only when
 ``MEMCHAT_ALLOWED_HOSTS`` is set (a reverse proxy or a Kubernetes probe may use any name) and the origin check
 is left to the cookie check. Always, with or without a key: ``POST`` / ``PUT`` / ``PATCH`` bodies must be
 ``application/json`` (an empty body may come without a type), except ``/login`` and ``/logout``, which take
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.schemas import APIError
+from memchat.server.schemas import APIError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")

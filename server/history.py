@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from graph.chat import MemChat
-from graph.importer import ThreadExists, import_thread
-from server.schemas import SYSTEM_ROLES, APIError, ChatCompletionRequest, check_text
+from memchat.chat import MemChat
+from memchat.importer import ThreadExists, import_thread
+from memchat.server.schemas import SYSTEM_ROLES, APIError, ChatCompletionRequest, check_text
 
 if TYPE_CHECKING:
-    from server.app import ChatPlan
+    from memchat.server.chat_plan import ChatPlan
 
 IMPORTED_HEADER = "X-Memchat-Imported"
 WARNING_HEADER = "X-Memchat-Warning"

@@ -122,7 +122,7 @@ class KeyStore:
 
     def add(self, name: str, users: list[str]) -> str:
         """Create a key for ``users`` (the first is the default user); returns the key (shown once)."""
-        from server.schemas import APIError, check_id
+        from memchat.server.schemas import APIError, check_id
 
         if not _NAME.match(name):
             raise ValueError("a key name is 1-64 letters, digits, '_', '.', '@' or '-'")

@@ -1,7 +1,7 @@
 """The memchat graph behind LangServe (``/graph/invoke``, ``/graph/batch``, ``/graph/stream``, playground).
 
 LangServe calls runnables asynchronously, and the SQLite checkpointer is sync only, so the compiled graph
-is run through :class:`graph.chat.MemChat` in a worker thread: the turn is atomic (a failed turn leaves the
+is run through :class:`memchat.chat.MemChat` in a worker thread: the turn is atomic (a failed turn leaves the
 thread unchanged), turns of one thread are serialized, and the thread shows up in ``/v1/threads``. The
 thread comes from the ``X-Thread-ID`` header (or ``config.configurable.thread_id``), the user from
 ``X-User-ID`` (or ``configurable.user_id`` / the input's ``user_id``).
@@ -21,16 +21,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graph.chat import MemChat
-from graph.llm import BackendBusy, BackendError, BackendRejected
-from graph.persistence import ThreadBusy
-from graph.receipts import IdempotencyConflict
-from graph.settings import Settings
-from nodes.common import text_of
-from server.admission import IDEMPOTENCY_HEADER, ThreadGate, idempotency_key
-from server.metrics import ServerMetrics
-from server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
-from server.tenancy import graph_config
+from memchat.backends.llm import BackendBusy, BackendError, BackendRejected
+from memchat.backends.persistence import ThreadBusy
+from memchat.chat import MemChat
+from memchat.memory.receipts import IdempotencyConflict
+from memchat.nodes.common import text_of
+from memchat.server.admission import IDEMPOTENCY_HEADER, ThreadGate, idempotency_key
+from memchat.server.metrics import ServerMetrics
+from memchat.server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
+from memchat.server.tenancy import graph_config
+from memchat.settings import Settings
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
 MAX_JSON_DEPTH = 64  # far more than a turn needs; deep bodies crash parsers and validators (RecursionError)
@@ -302,7 +302,7 @@ def json_depth(value: Any) -> int:
 
 async def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
     """Thread from ``X-Thread-ID`` and user from ``X-User-ID`` into ``configurable`` (LangServe drops them);
-    a tenant key's user and thread are checked (:func:`server.tenancy.graph_config`)."""
+    a tenant key's user and thread are checked (:func:`memchat.server.tenancy.graph_config`)."""
     config = dict(config or {})
     conf = dict(config.get("configurable") or {})
     try:

@@ -1,8 +1,8 @@
-"""``POST /login`` and ``POST /logout`` for the web page (see :mod:`server.auth`).
+"""``POST /login`` and ``POST /logout`` for the web page (see :mod:`memchat.server.auth`).
 
 ``/login`` takes the admin key or a tenant key (form field or JSON ``key``) and sets the session cookie: a
-signed token for the admin (``s1.…``) or for the tenant key (``t1.…``, :mod:`server.keys`). Failed attempts
-are throttled per client address (:class:`server.throttle.LoginThrottle`): 429 with ``Retry-After``.
+signed token for the admin (``s1.…``) or for the tenant key (``t1.…``, :mod:`memchat.server.keys`). Failed attempts
+are throttled per client address (:class:`memchat.server.throttle.LoginThrottle`): 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 from fastapi import Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from server.auth import (
+from memchat.server.auth import (
     _TOKEN_PREFIX,
     COOKIE_NAME,
     LOGIN_MAX_BYTES,
@@ -27,9 +27,9 @@ from server.auth import (
     safe_next,
     session_token,
 )
-from server.keys import TENANT_TOKEN_PREFIX, KeyStore, tenant_session
-from server.schemas import APIError
-from server.throttle import LoginThrottle
+from memchat.server.keys import TENANT_TOKEN_PREFIX, KeyStore, tenant_session
+from memchat.server.schemas import APIError
+from memchat.server.throttle import LoginThrottle
 
 # ---- /login and /logout -----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ process, as in the tests). Two sources:
 
 * what the server measures per request and per turn (turns by mode and outcome, turn latency, time to
   the first token, prompt and cached tokens, HTTP requests), and
-* the engine's process-wide counters (:data:`graph.engine.METRICS`: LLM calls by kind, LLM failures,
+* the engine's process-wide counters (:data:`memchat.backends.engine.METRICS`: LLM calls by kind, LLM failures,
   extraction / summary / retrieval failures), read at scrape time.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from graph.engine import METRICS, Metrics
+from memchat.backends.engine import METRICS, Metrics
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

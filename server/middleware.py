@@ -11,9 +11,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graph.observability import clean_request_id, request_id_var
-from server.metrics import ServerMetrics
-from server.schemas import APIError, internal_error
+from memchat.backends.observability import clean_request_id, request_id_var
+from memchat.server.metrics import ServerMetrics
+from memchat.server.schemas import APIError, internal_error
 
 access_log = logging.getLogger("memchat.access")
 log = logging.getLogger("memchat.server")

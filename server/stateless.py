@@ -1,14 +1,14 @@
 """Stateless chat (no thread): memchat's memory techniques applied within the messages of one request.
 
-The earlier user/assistant pairs become :class:`graph.prompt.Turn` objects. When they do not fit the
+The earlier user/assistant pairs become :class:`memchat.memory.prompt.Turn` objects. When they do not fit the
 prompt budget, the oldest ones overflow, in blocks of ``l0_turns`` so that the prompt prefix stays stable
 for several requests (prefix caches keep hitting). The overflow is
 
-* summarized extractively into L1 lines (``nodes.summarize.fallback_summary``, no LLM call),
+* summarized extractively into L1 lines (``memchat.nodes.summarize.fallback_summary``, no LLM call),
 * scanned for anchored slots with the rules tier (shown in the head), and
 * searched with BM25 for the new message (the hits go into the memory block of the tail).
 
-Then one LLM call answers. Without a user nothing is stored; with one, ``server.user_memory`` uses and
+Then one LLM call answers. Without a user nothing is stored; with one, ``memchat.server.user_memory`` uses and
 updates that user's long-term memory (profile slots, vector memory).
 """
 
@@ -21,15 +21,15 @@ from typing import Any
 import bm25s
 from langchain_core.messages import AIMessageChunk
 
-from graph.engine import Engine
-from graph.llm import cached_tokens, classify_error
-from graph.prompt import Assembled, Turn, assemble, memory_line, render_head, render_l1
-from graph.rules import extract_rules
-from graph.slots import apply_operations, keep_grounded
-from graph.textproc import tokenize
-from nodes.common import text_of, with_context
-from nodes.respond import _llm_params, to_lc
-from nodes.summarize import fallback_summary
+from memchat.backends.engine import Engine
+from memchat.backends.llm import cached_tokens, classify_error, generation_params
+from memchat.memory.prompt import Assembled, Turn, assemble, memory_line, render_head, render_l1
+from memchat.memory.rules import extract_rules
+from memchat.memory.slots import apply_operations, keep_grounded
+from memchat.memory.textproc import tokenize
+from memchat.nodes.common import text_of, with_context
+from memchat.nodes.respond import to_lc
+from memchat.nodes.summarize import fallback_summary
 
 SUMMARY_CHARS = 160
 MAX_PASSES = 8
@@ -137,7 +137,7 @@ def build_prompt(engine: Engine, persona: str, history: list[tuple[str, str]], m
                  context: str | None = None) -> StatelessPrompt:
     """Trim to the budget, summarize / mine / search the overflow, and assemble the prompt.
 
-    With a user (see ``server.user_memory``): ``base_slots(verbatim turns)`` gives the user's profile slots
+    With a user (see ``memchat.server.user_memory``): ``base_slots(verbatim turns)`` gives the user's profile slots
     for the head and ``recall(overflow, verbatim, budget)`` searches the user's vector memory (on every
     pass, overflow or not) instead of BM25 over the overflow. ``context`` goes into the tail only."""
     s = engine.settings
@@ -186,7 +186,7 @@ def stream_answer(engine: Engine, prompt: StatelessPrompt, llm_params: dict[str,
                   ) -> Iterator[str | StatelessResult]:
     """One LLM call: yield reply tokens, then a :class:`StatelessResult`."""
     llm = engine.llm
-    params = _llm_params(engine, {"configurable": {"llm_params": llm_params}})
+    params = generation_params(engine.settings, llm_params)
     if params:
         llm = llm.bind(**params)  # type: ignore[assignment]
     engine.metrics.inc("llm_calls_stateless")

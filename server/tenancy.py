@@ -1,6 +1,6 @@
 """Who a request acts for, and the checks that keep a tenant key to its own users.
 
-:class:`server.auth.AuthMiddleware` puts the authenticated :class:`Principal` on the request
+:class:`memchat.server.auth.AuthMiddleware` puts the authenticated :class:`Principal` on the request
 (``request.state.principal``): the admin key (or a server without keys) may act for every user, a tenant
 key only for the users listed for it in the keys file. The checks live here, one per route family:
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from fastapi import Request
 
-from graph.registry import legacy_user, speakers
-from server.schemas import APIError, check_id
+from memchat.backends.registry import legacy_user, speakers
+from memchat.server.schemas import APIError, check_id
 
 THREAD_PARAMS = ("thread_id", "thread")
 USER_PARAMS = ("user_id", "user")

@@ -1,7 +1,7 @@
 """Long-term memory for stateless callers that name a ``user`` (no thread id).
 
 A backend that keeps its own chat history sends it whole with every request. With ``user`` set, memchat
-treats that history with the thread layout (``server.stateless.build_prompt``: recent turns verbatim, the
+treats that history with the thread layout (``memchat.server.stateless.build_prompt``: recent turns verbatim, the
 overflow folded into L1 lines in blocks) and adds the user's long-term memory:
 
 * the user's **profile slots** (facts, preferences, instructions from any thread or session) in the head;
@@ -24,16 +24,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from graph.chat import MemChat
-from graph.importer import user_slots
-from graph.namespaces import search_all
-from graph.prompt import Turn
-from graph.rules import free_facts
-from graph.state import Slot
-from graph.vectorstore import MemoryDoc
-from nodes.respond import fact_id
-from nodes.update_slots import PROFILE_KINDS, profile_namespace
-from server.stateless import StatelessPrompt, StatelessResult, build_prompt, pair_turns, stream_answer
+from memchat.backends.vectorstore import MemoryDoc
+from memchat.chat import MemChat
+from memchat.importer import user_slots
+from memchat.memory.namespaces import profile_namespace, search_all
+from memchat.memory.prompt import Turn
+from memchat.memory.rules import free_facts
+from memchat.memory.slots import PROFILE_KINDS
+from memchat.memory.state import Slot
+from memchat.nodes.respond import fact_id
+from memchat.server.stateless import StatelessPrompt, StatelessResult, build_prompt, pair_turns, stream_answer
 
 log = logging.getLogger("memchat.stateless")
 

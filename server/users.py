@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 
-from graph.chat import MemChat
-from graph.persistence import ThreadBusy
-from server.schemas import APIError, check_id
-from server.tenancy import principal_of, visible_threads
+from memchat.backends.persistence import ThreadBusy
+from memchat.chat import MemChat
+from memchat.server.schemas import APIError, check_id
+from memchat.server.tenancy import principal_of, visible_threads
 
 
 def mount_user_routes(app: FastAPI, server: Any, memchat: MemChat) -> None:

@@ -12,12 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 # the tests' remote stub URLs would turn the LLM extraction tier on ("auto"); tests that count or script LLM
-# calls keep their order: the tier runs only where a test asks for it (tests/test_llm_extraction.py)
+# calls keep their order: the tier runs only where a test asks for it (tests/graph/test_llm_extraction.py)
 os.environ.setdefault("MEMCHAT_LLM_EXTRACTION", "false")
 
-from graph.engine import Engine  # noqa: E402
-from graph.settings import Settings  # noqa: E402
-from tests.fakes import ScriptedChatModel  # noqa: E402
+from memchat.backends.engine import Engine  # noqa: E402
+from memchat.settings import Settings  # noqa: E402
+from tests.support.fakes import ScriptedChatModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -26,7 +26,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 @pytest.fixture(scope="module")
 def stub() -> Iterator[str]:
     """One SGLang-protocol stub LLM server per test module (modules needing a key define their own)."""
-    from tests.sglang_stub import run_stub
+    from tests.support.sglang_stub import run_stub
 
     with run_stub() as url:
         yield url
@@ -74,7 +74,7 @@ def engine(settings: Settings, fake_llm: ScriptedChatModel) -> Engine:
 @pytest.fixture
 def memchat(engine: Engine) -> Iterator[object]:
     """A MemChat (SQLite checkpoints and store) over the scripted LLM."""
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     yield MemChat(engine=engine)
 
@@ -82,6 +82,6 @@ def memchat(engine: Engine) -> Iterator[object]:
 @pytest.fixture
 def store_memchat(store_engine: Engine) -> Iterator[object]:
     """``memchat`` on each vector store kind."""
-    from graph.chat import MemChat
+    from memchat.chat import MemChat
 
     yield MemChat(engine=store_engine)

@@ -1,0 +1,165 @@
+"""What every vector store keeps in process: the query-embedding cache and each user's scope.
+
+Shared by :class:`memchat.backends.vectorstore.ChromaMemory` and :class:`memchat.backends.milvus_local.LocalIndex` (the in-process
+search over a Milvus collection), so both stores embed, hold and rank alike: :class:`EmbedCache` embeds a
+query once (a user message searched for is not embedded again to store it), :class:`Scopes` holds the
+scopes of the most recently used users (loaded from the store on first use, dropped when the store's stamp
+says another process wrote), and :func:`dense_top` / :func:`sparse_top` rank within a scope.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _few_threads, _matvec
+
+if TYPE_CHECKING:
+    from memchat.backends.embeddings import STEmbeddings
+    from memchat.backends.scopes import _Scope
+    from memchat.memory.records import MemoryDoc
+
+QUERY_CACHE = 64
+SMALL_BATCH = 8  # up to this many texts are embedded on one torch thread
+
+
+class EmbedCache:
+    """The embedder with a small cache of query vectors (least recently used dropped)."""
+
+    def __init__(self, embeddings: STEmbeddings) -> None:
+        self.embeddings = embeddings
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._same_space = not (getattr(embeddings, "query_prefix", "") or "")  # a query vector is a doc vector
+
+    def query(self, text: str) -> list[float]:
+        """Query vector, cached: a user message embedded to search is not embedded again to store it."""
+        with self._lock:
+            vec = self._cache.get(text)
+            if vec is not None:
+                self._cache.move_to_end(text)
+                return vec
+        with _few_threads():
+            vec = self.embeddings.embed_query(text)
+        with self._lock:
+            self._cache[text] = vec
+            while len(self._cache) > QUERY_CACHE:
+                self._cache.popitem(last=False)
+        return vec
+
+    def docs(self, texts: list[str]) -> list[list[float]]:
+        """Document vectors; texts just embedded as queries (with no query prefix) are not embedded again."""
+        with self._lock:
+            out = [self._cache.get(t) if self._same_space else None for t in texts]
+        todo = [i for i, v in enumerate(out) if v is None]
+        if todo:
+            with _few_threads(len(todo) <= SMALL_BATCH):
+                vecs = self.embeddings.embed_documents([texts[i] for i in todo])
+            for i, v in zip(todo, vecs):
+                out[i] = v
+        return [v for v in out if v is not None]
+
+    def clear(self) -> None:
+        """Forget the cached vectors (after a delete: no text of forgotten memories stays in process)."""
+        with self._lock:
+            self._cache.clear()
+
+
+class Scopes:
+    """Users' scopes held in process, least recently used dropped; all dropped when the stamp changes.
+
+    ``ids(user)`` lists a user's memory ids in the store, ``rows(ids, with_vectors)`` reads them (with their
+    vectors when asked), ``new(with_vectors)`` makes an empty scope, and ``stamp()`` tells whether the store
+    changed under us (a count, or a write generation); owners that write advance :attr:`seen` themselves.
+    """
+
+    def __init__(self, new: Callable[[bool], _Scope], ids: Callable[[str], list[str]],
+                 rows: Callable[[list[str], bool], Iterable[tuple[MemoryDoc, Any]]], stamp: Callable[[], int]) -> None:
+        self._new, self._ids, self._rows, self._stamp = new, ids, rows, stamp
+        self._held: OrderedDict[str, _Scope] = OrderedDict()
+        self.lock = threading.RLock()
+        self.seen = -1
+
+    def held(self, user_id: str) -> _Scope | None:
+        """The user's scope when it is loaded (no load, no sync)."""
+        return self._held.get(user_id)
+
+    def find(self, ids: list[str], sync: bool = False) -> dict[str, MemoryDoc]:
+        """Those of ``ids`` held in a loaded scope (live ones); with ``sync``, after checking the stamp."""
+        found: dict[str, MemoryDoc] = {}
+        with self.lock:
+            if sync:
+                self._sync()
+            for scope in self._held.values():
+                for i in ids:
+                    p = scope.pos.get(i)
+                    if p is not None and scope.bm25.alive[p]:
+                        found[i] = scope.docs[p]
+        return found
+
+    def drop(self, user_id: str) -> None:
+        """Drop one user's scope (the next use reloads it)."""
+        with self.lock:
+            self._held.pop(user_id, None)
+
+    def reset(self, seen: int = -1) -> None:
+        """Drop every scope (the next use reloads)."""
+        with self.lock:
+            self._held.clear()
+            self.seen = seen
+
+    def _sync(self) -> None:
+        stamp = self._stamp()
+        if stamp != self.seen:
+            self.reset(stamp)
+
+    def get(self, user_id: str) -> _Scope:
+        """The user's scope, loaded from the store when not held or when the store changed."""
+        with self.lock:
+            self._sync()
+            scope = self._held.get(user_id)
+            if scope is not None:
+                self._held.move_to_end(user_id)
+                return scope
+            ids = self._ids(user_id)
+            scope = self._new(len(ids) <= VECTORS_IN_MEMORY_MAX)
+            for doc, vec in self._rows(ids, scope.with_vectors):
+                scope.put(doc, vec)
+            self._held[user_id] = scope
+            while len(self._held) > MAX_SCOPES:
+                self._held.popitem(last=False)
+            return scope
+
+
+def _top(scores: np.ndarray, k: int, n: int) -> np.ndarray:
+    kk = min(max(1, k), n)
+    top = np.argpartition(-scores, kk - 1)[:kk]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+def dense_top(scope: _Scope, vec: list[float], thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
+    """Exact cosine top-k over the scope's vectors visible from ``thread_id`` (``scope.with_vectors``)."""
+    n = scope.bm25.size
+    mask = scope.visible(thread_id) if n else np.zeros(0, dtype=bool)
+    n_visible = int(mask.sum())
+    if not n_visible:
+        return []
+    sims = _matvec(scope.vecs[:n], np.asarray(vec, dtype=np.float32))
+    sims[~mask] = -np.inf
+    return [(scope.docs[int(i)], float(sims[i])) for i in _top(sims, k, n_visible)]
+
+
+def sparse_top(scope: _Scope, toks: list[str], thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
+    """BM25 top-k over the scope's memories visible from ``thread_id`` (positive scores only)."""
+    if not toks or not scope.bm25.size:
+        return []
+    scores: Any = scope.bm25.scores(toks)
+    scores[~scope.visible(thread_id)] = 0.0
+    pos = int((scores > 0).sum())
+    if not pos:
+        return []
+    return [(scope.docs[int(i)], float(scores[i])) for i in _top(scores, k, pos) if scores[i] > 0]

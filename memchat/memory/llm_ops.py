@@ -1,0 +1,103 @@
+"""The LLM tier's slot operations: their JSON schema, and the checks each must pass before it is applied.
+
+An operation is kept only when its evidence is copied from the user's own message, its value (for set and
+correct) is copied from that evidence, and the sentence it comes from passes the rules tier's guards
+(no question, hypothetical, quote, reported speech or other person). The assistant's reply and recalled
+memories are in the prompt but never ground anything: only the user's message is searched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from memchat.memory.rules import _POLITE, sentences
+from memchat.memory.rules_guard import (
+    before_condition,
+    clauses,
+    is_hypothetical,
+    is_question,
+    is_reported,
+    normalize,
+    strip_quotes,
+    subject,
+)
+from memchat.memory.slot_ops import OPS, Candidate, clean
+
+KINDS = ("fact", "preference", "instruction", "task")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+OPS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"operations": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"op": {"type": "string", "enum": list(OPS)}, "kind": {"type": "string", "enum": list(KINDS)},
+                       "key": {"type": "string"}, "value": {"type": "string"}, "evidence": {"type": "string"}},
+        "required": ["op", "kind", "key", "value", "evidence"]}}},
+    "required": ["operations"],
+}
+
+
+def parse_operations(text: str) -> list[dict[str, Any]]:
+    """The operations of a reply; raises ``ValueError`` when it is not the JSON the schema asks for."""
+    data = json.loads(text)
+    ops = data.get("operations") if isinstance(data, dict) else None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+        raise ValueError("the extraction reply has no list of operations")
+    return ops
+
+
+def _key(kind: str, key: str) -> str:
+    name = key.strip().lower().split(":", 1)[-1]
+    return re.sub(r"[\s\-]+", "_", name)
+
+
+def _clause_ok(sent: str, ev: str) -> bool:
+    """No clause the evidence touches is about someone else (subjects carry over, as in the rules tier)."""
+    start = sent.find(ev)
+    end, pos, subj = start + len(ev), 0, "1"
+    for cl in clauses(sent):
+        at = sent.find(cl, pos)
+        pos = at + len(cl) if at >= 0 else pos
+        subj = subject(cl) or subj
+        if at >= 0 and at < end and at + len(cl) > start and subj == "3":
+            return False
+    return True
+
+
+def _sentence_ok(sentence: str, piece: str, op: str) -> bool:
+    """The guards of the rules tier, for the user sentence that holds ``piece`` of the evidence."""
+    s = normalize(strip_quotes(sentence))
+    if piece not in s:
+        return False  # the evidence is (partly) inside a quote
+    if op == "forget" and is_question(s) and _POLITE.search(s):
+        return not is_reported(s)
+    if is_hypothetical(s):
+        s = before_condition(s)
+        if piece not in s:
+            return False
+    if not s or is_question(s) or is_hypothetical(s) or is_reported(s):
+        return False
+    return _clause_ok(s, piece)
+
+
+def check(op: dict[str, Any], user_text: str) -> Candidate | None:
+    """The operation as a candidate when it is well formed and grounded in the user's message, else None."""
+    kind, verb = str(op.get("kind", "")), str(op.get("op", ""))
+    value, ev = clean(str(op.get("value", ""))), normalize(str(op.get("evidence", "")))
+    name = _key(kind, str(op.get("key", "")))
+    if kind not in KINDS or verb not in OPS or not ev or not (_NAME.match(name) or (verb == "forget" and name == "*")):
+        return None
+    msg = normalize(user_text)
+    if ev.lower() not in msg.lower() or len(value) > 200:
+        return None
+    if verb in ("set", "correct") and (not value or value.lower() not in ev.lower()):
+        return None  # a value the user did not say
+    at = msg.lower().find(ev.lower())
+    ev = msg[at: at + len(ev)]  # the user's own spelling
+    sents = [normalize(s) for s in sentences(msg)]
+    for piece in (normalize(p) for p in sentences(ev)):
+        if not any(piece in s and _sentence_ok(s, piece, verb) for s in sents):
+            return None
+    key = "*" if name == "*" else f"{kind}:{name}"
+    return Candidate(kind="forget" if verb == "forget" else kind, key=key, value=value, evidence=ev, op=verb)

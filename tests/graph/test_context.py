@@ -1,0 +1,85 @@
+"""Per-run values through LangGraph's run context (``context_schema=Context``), and services from one engine."""
+
+from __future__ import annotations
+
+import gc
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from pydantic import SecretStr
+
+from memchat.backends import engine as engine_mod
+from memchat.backends.engine import Engine, settings_key, shared_engine
+from memchat.graph.builder import build_graph
+from memchat.memory.state import Context
+from memchat.settings import Settings
+
+
+def test_invoke_context_user_id_is_honoured_in_process(engine: Engine) -> None:
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+    out = g.invoke({"messages": [HumanMessage(content="My name is Li Ming.")]}, cfg,  # type: ignore[arg-type]
+                   context=Context(user_id="alice"))
+    assert out["user_id"] == "alice"
+    assert out["slots"]["fact:name"]["user_id"] == "alice"
+
+
+def test_configurable_stays_the_platform_entry_and_context_wins(engine: Engine) -> None:
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    msg = {"messages": [HumanMessage(content="hello")]}
+    out = g.invoke(msg, {"configurable": {"thread_id": "a", "user_id": "bob"}})  # type: ignore[arg-type]
+    assert out["user_id"] == "bob"
+    out = g.invoke(msg, {"configurable": {"thread_id": "b", "user_id": "bob"}},  # type: ignore[arg-type]
+                   context=Context(user_id="carol"))
+    assert out["user_id"] == "carol"
+
+
+def test_llm_params_from_context_reach_the_model(engine: Engine) -> None:
+    seen: list[dict[str, object]] = []
+    real_bind = type(engine.llm).bind
+
+    def bind(self: object, **kw: object) -> object:
+        seen.append(kw)
+        return real_bind(self, **kw)  # type: ignore[arg-type]
+
+    type(engine.llm).bind = bind  # type: ignore[method-assign]
+    try:
+        g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+        g.invoke({"messages": [HumanMessage(content="hi")]}, {"configurable": {"thread_id": "t"}},  # type: ignore[arg-type]
+                 context=Context(llm_params={"max_tokens": 7, "temperature": 0.1}))
+    finally:
+        type(engine.llm).bind = real_bind  # type: ignore[method-assign]
+    assert {"max_completion_tokens": 7, "temperature": 0.1} in seen
+
+
+def test_studio_can_render_the_input_schema(engine: Engine) -> None:
+    g = build_graph(engine=engine)
+    schema = g.get_input_jsonschema()
+    assert "messages" in schema["properties"]
+    assert set(g.get_context_jsonschema()["properties"]) >= {"user_id", "llm_params"}
+
+
+def test_engines_are_shared_per_exact_settings_and_forgotten(settings: Settings) -> None:
+    other_key = settings.model_copy(update={"llm_api_key": SecretStr("another-secret")})
+    a, b, c = shared_engine(settings), shared_engine(settings.model_copy()), shared_engine(other_key)
+    assert a is b
+    assert c is not a  # the masked dump of both settings is the same: a key must never share an engine
+    assert settings.model_dump_json() == other_key.model_dump_json()
+    key = settings_key(other_key)
+    assert key in engine_mod._engines
+    del c
+    gc.collect()
+    assert key not in engine_mod._engines  # no one holds it: the process forgets it (and its secret)
+
+
+def test_summary_calls_do_not_stream_as_reply_tokens(engine: Engine) -> None:
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+    tagged: list[list[str]] = []
+    for i in range(2 * engine.settings.l0_turns + 1):  # L0 reaches 2N turns: the summarize node calls the LLM
+        for _chunk, meta in g.stream({"messages": [HumanMessage(content=f"message {i}")]}, cfg,  # type: ignore[arg-type]
+                                     stream_mode="messages"):
+            tagged.append(list(meta.get("tags") or []))
+    assert engine.llm.calls and any(kind == "summary" for kind, _ in engine.llm.calls)  # type: ignore[attr-defined]
+    assert not [t for t in tagged if "memchat:summary" in t]
+    assert [t for t in tagged if "memchat:respond" in t]

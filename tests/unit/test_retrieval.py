@@ -1,0 +1,136 @@
+"""Retrieval internals: incremental BM25, stemming, score fusion, neighbour scores, budget filling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from memchat.backends.engine import Engine, short_date
+from memchat.backends.vectorstore import BM25Index, ChromaMemory, MemoryDoc, bm25_tokens, msg_id, stem
+from memchat.memory.prompt import memory_line
+from tests.support.fakes import ScriptedChatModel
+
+
+def test_bm25_incremental_matches_formula() -> None:
+    idx = BM25Index(k1=1.5, b=0.75)
+    docs = [["dog", "park"], ["cat", "sofa", "cat"], ["dog", "beach", "waves", "dog"]]
+    for d in docs:
+        idx.add(d)
+    s = idx.scores(["dog"])
+    n, df, avgdl = 3, 2, sum(map(len, docs)) / 3
+    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    want = [idf * tf / (tf + 1.5 * (1 - 0.75 + 0.75 * len(d) / avgdl)) for tf, d in ((1, docs[0]), (0, docs[1]),
+                                                                                    (2, docs[2]))]
+    assert s.tolist() == pytest.approx(want, rel=1e-5)
+    idx.retire(2, docs[2])  # replaced documents drop out of results and statistics
+    s2 = idx.scores(["dog"])
+    assert s2[2] == 0.0 and s2[0] > 0
+    assert idx.n_alive == 2 and idx.df["dog"] == 1
+
+
+def test_stemming_and_speaker_tokens() -> None:
+    assert stem(["painted", "painting", "agencies", "咖啡"]) == ["paint", "paint", "agenc", "咖啡"]
+    doc = MemoryDoc(id="m", text="I painted a sunrise", user_id="u", thread_id="t", kind="turn", speaker="Melanie")
+    assert bm25_tokens(doc)[0] == "melani"
+    fact = MemoryDoc(id="f", text="Allergic to peanuts", user_id="u", thread_id="t", kind="fact", speaker="user")
+    assert "user" not in bm25_tokens(fact)
+
+
+def test_short_date() -> None:
+    assert short_date("2023-05-08 13:56") == "8 May 2023"
+    assert short_date("2025-11-29") == "29 Nov 2025"
+    assert short_date("yesterday") == "yesterday"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    from memchat.settings import Settings
+
+    s = Settings(data_dir=tmp_path / "d", llm_base_url="http://127.0.0.1:9/v1", llm_model="fake",
+                 _env_file=None)  # type: ignore[call-arg]
+    return Engine(s, llm=ScriptedChatModel())
+
+
+def _turns(tid: str, texts: list[tuple[str, str, str]]) -> list[MemoryDoc]:
+    return [MemoryDoc(id=msg_id(tid, i), text=t, user_id="u1", thread_id=tid, kind="turn", speaker=sp, turn=i,
+                      seq=i, date=d) for i, (sp, t, d) in enumerate(texts, start=1)]
+
+
+CONV = [
+    ("Ana", "Hi Ben, how was your weekend?", "2023-05-08 13:56"),
+    ("Ben", "Great, I went hiking in the Dolomites with my sister.", "2023-05-08 13:56"),
+    ("Ana", "Wow, which trail did you take?", "2023-05-08 13:56"),
+    ("Ben", "The Alta Via 1, it took us four days.", "2023-05-08 13:56"),
+    ("Ana", "I bought a new espresso machine yesterday.", "2023-06-01 09:00"),
+    ("Ben", "Nice! Which brand is it?", "2023-06-01 09:00"),
+    ("Ana", "A small Italian one, it makes great crema.", "2023-06-01 09:00"),
+]
+
+
+def test_recall_neighbours_dates_and_budget(store_engine: Engine) -> None:
+    store_engine.store_docs(_turns("t1", CONV))
+    items = store_engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000)
+    ids = [it["id"] for it in items]
+    assert msg_id("t1", 2) in ids
+    assert msg_id("t1", 3) in ids  # a neighbour of the hit comes along
+    assert [it["seq"] for it in items] == sorted(it["seq"] for it in items)  # conversation order
+    # the date is shown once per day, in the short form
+    shown = [it["date"] for it in items]
+    assert "8 May 2023" in shown and "2023-05-08 13:56" not in shown
+    days = [it["shown_date"] for it in items]
+    for a, b in zip(items, items[1:]):
+        if a["shown_date"] == b["shown_date"]:
+            assert b["date"] == ""
+    assert days[0] == items[0]["date"]
+    # what recall reports as used is what the lines cost once rendered
+    for budget in (25, 60, 120, 2000):
+        got = store_engine.recall("hiking espresso trail brand", user_id="u1", thread_id="t1", budget_tokens=budget)
+        cost = sum(store_engine.tokenizer.count(memory_line(it)) + 1 for it in got)
+        assert cost <= budget
+
+
+def test_recall_excludes_and_scopes(store_engine: Engine) -> None:
+    store_engine.store_docs(_turns("t1", CONV))
+    store_engine.store_docs([MemoryDoc(id="x", text="Ben went hiking on Mars.", user_id="u2", thread_id="t9", kind="turn",
+                                 speaker="Ben", seq=1)])
+    items = store_engine.recall("Where did Ben go hiking?", user_id="u1", thread_id="t1", budget_tokens=2000,
+                          exclude_ids={msg_id("t1", 2)})
+    ids = {it["id"] for it in items}
+    assert msg_id("t1", 2) not in ids and "x" not in ids
+
+
+def test_store_reuses_query_vector_and_sees_foreign_writes(engine: Engine, tmp_path: Path) -> None:
+    mem = engine.memory
+    assert isinstance(mem, ChromaMemory)
+    engine.store_docs(_turns("t1", CONV[:2]))
+    engine.recall("I love sourdough bread", user_id="u1", thread_id="t1", budget_tokens=500)
+    calls: list[list[str]] = []
+    orig = mem.embeddings.embed_documents
+
+    def spy(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return orig(texts)
+
+    mem.embeddings.embed_documents = spy  # type: ignore[method-assign]
+    try:
+        engine.store_docs([MemoryDoc(id=msg_id("t1", 3), text="I love sourdough bread", user_id="u1",
+                                     thread_id="t1", kind="turn", speaker="user", seq=3)])
+    finally:
+        mem.embeddings.embed_documents = orig  # type: ignore[method-assign]
+    assert calls == []  # the query's vector was reused
+    other = ChromaMemory(mem.client, mem.embeddings, collection=mem.collection_name)
+    other.add([MemoryDoc(id=msg_id("t1", 4), text="The sourdough starter is called Bubbles.", user_id="u1",
+                         thread_id="t1", kind="turn", speaker="user", seq=4)])
+    hits = mem.search("sourdough starter name", "u1", "t1", k=5)
+    assert hits and hits[0].doc.id == msg_id("t1", 4)
+
+
+def test_earlier_question_ranks_below_the_evidence(engine: Engine) -> None:
+    """A stored message that only asks holds no answer: asked again, the statements outrank it."""
+    asked = ("Ana", "Which trail did Ben take in the Dolomites?", "2023-07-01 10:00")
+    engine.store_docs(_turns("t1", [*CONV, asked]))
+    items = engine.recall(asked[1], user_id="u1", thread_id="t1", budget_tokens=2000)
+    score = {it["seq"]: it["score"] for it in items}
+    assert score[2] > score.get(8, 0.0) and score[4] > score.get(8, 0.0)
