@@ -132,7 +132,42 @@ def plt() -> Any:
     return pyplot
 
 
-class StubChatModel(BaseChatModel):
+class ScriptChatModel(BaseChatModel):
+    """The offline chat models' shared half (the benches' stub, the tests' scripted model): ``_text`` decides
+    the reply; it streams word by word and, with ``report_usage``, reports word-count usage."""
+
+    report_usage: bool = True
+
+    def _text(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def _usage(messages: list[BaseMessage], text: str) -> dict[str, Any]:
+        n_in = sum(len(str(m.content).split()) for m in messages)
+        n_out = len(text.split())
+        return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text = self._text(messages, kwargs)
+        usage = self._usage(messages, text) if self.report_usage else None
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text, usage_metadata=usage))])  # type: ignore[arg-type]
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        text = self._text(messages, kwargs)
+        for i, w in enumerate(text.split(" ")):
+            piece = w if i == 0 else " " + w
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        if self.report_usage:
+            usage = self._usage(messages, text)
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage))  # type: ignore[arg-type]
+
+
+class StubChatModel(ScriptChatModel):
     """A deterministic offline chat model for benches: short replies, JSON for summaries, counts calls.
 
     Replies are derived from the last user line so the conversation is reproducible. Calls are
@@ -141,6 +176,7 @@ class StubChatModel(BaseChatModel):
 
     calls: dict[str, int] = Field(default_factory=lambda: {"respond": 0, "summary": 0})
     reply_words: int = 12
+    report_usage: bool = False  # prompt tokens come from memchat's own count, as before
 
     @property
     def _llm_type(self) -> str:
@@ -159,24 +195,3 @@ class StubChatModel(BaseChatModel):
         last = str(messages[-1].content).strip().splitlines()[-1] if messages else ""
         words = last.split()[: self.reply_words]
         return "Noted: " + " ".join(words) if words else "Noted."
-
-    @staticmethod
-    def _usage(messages: list[BaseMessage], text: str) -> dict[str, Any]:
-        n_in = sum(len(str(m.content).split()) for m in messages)
-        n_out = len(text.split())
-        return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        text = self._text(messages, kwargs)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
-
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        text = self._text(messages, kwargs)
-        for i, w in enumerate(text.split(" ")):
-            piece = w if i == 0 else " " + w
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk

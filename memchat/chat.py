@@ -29,10 +29,9 @@ from memchat.backends.views import TurnViews
 from memchat.graph.builder import build_graph
 from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
 from memchat.memory.receipts import find_receipt, fingerprint, key_hash
-from memchat.memory.slots import head_snapshot
 from memchat.memory.state import Context
-from memchat.nodes.common import completed_pairs, l0_turns, text_of
-from memchat.nodes.summarize import schedule_next, summarize_l2
+from memchat.nodes.common import l0_turns, text_of
+from memchat.nodes.summarize import fold_all, schedule_next
 from memchat.settings import Settings, get_settings
 
 __all__ = ["THREADS_NS", "MemChat", "TurnResult", "last_reply"]
@@ -305,31 +304,9 @@ class MemChat:
             st = self.state(thread_id)
             if not st:
                 raise KeyError(thread_id)
-            lines = list(st.get("l1") or [])
-            turns = l0_turns(st)
-            n = self.settings.l0_turns
-            older = turns[:-n] if len(turns) > n else []
-            if older:
-                lines.append({"from_turn": older[0].turn, "to_turn": older[-1].turn,
-                              "text": " / ".join(f"user: {t.user} — assistant: {t.assistant}" for t in older)[:2000]})
-            if not lines:
-                lines = [{"from_turn": t.turn, "to_turn": t.turn, "text": f"user: {t.user} — assistant: {t.assistant}"}
-                         for t in turns]
-            if not lines:
+            update = fold_all(self.engine, st, self.settings.persona)
+            if update is None:
                 return self.memory(thread_id)
-            new_l2 = summarize_l2(self.engine, st.get("l2"), lines)
-            if new_l2 is None:
-                raise RuntimeError("the LLM could not produce the L2 summary; try again")
-            persona = (st.get("head") or {}).get("persona") or st.get("persona") or self.settings.persona
-            update: dict[str, Any] = {"l2": new_l2, "l1": [], "head": head_snapshot(persona, st.get("slots") or {}, new_l2),
-                                      "counters": {"llm_calls_summary": 1}}
-            if older:
-                pairs = completed_pairs(st)[: len(older)]
-                from langchain_core.messages import RemoveMessage
-
-                update["messages"] = [RemoveMessage(id=str(m.id)) for p in pairs for m in p]
-                keep = {t.turn for t in turns[len(older):]}
-                update["l0_meta"] = [m for m in st.get("l0_meta") or [] if int(m.get("turn", 0)) in keep]
             self.graph.update_state(cfg, update, as_node="respond")
         return self.memory(thread_id)
 

@@ -11,6 +11,7 @@ from langchain_core.runnables import RunnableConfig
 
 from memchat.memory.namespaces import LEGACY_ANONYMOUS, thread_scope
 from memchat.memory.prompt import Assembled, Turn, assemble, render_head
+from memchat.memory.slots import persona_of
 from memchat.memory.state import Context
 
 CONTEXT_KEYS = tuple(Context.__annotations__)  # user_id, persona, llm_params, request_context
@@ -119,7 +120,7 @@ def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: An
     if state.get("memory_rebase"):
         turns = [t.bare() for t in turns]
     head = state.get("head") or {}
-    head_text = render_head(head.get("persona") or eng.settings.persona, head.get("slots") or {}, head.get("l2"))
+    head_text = render_head(persona_of(state, eng.settings.persona), head.get("slots") or {}, head.get("l2"))
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
     notes = [n for n in (describe_change(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]
     asm = assemble(settings=eng.settings, budget=eng.budget, head=head_text, l1=state.get("l1") or [],

@@ -6,15 +6,15 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
-from memchat.backends import deadline
 from memchat.backends.engine import Engine
 from memchat.backends.extraction import turn_key
-from memchat.backends.llm import cached_tokens, classify_error, generation_params
+from memchat.backends.generate import stream_reply, to_lc
+from memchat.backends.llm import cached_tokens
 from memchat.backends.memory_api import fact_id, memory_docs, write_profile
 from memchat.backends.vectorstore import MemoryDoc
 from memchat.memory.prompt import prefix_reuse
@@ -24,12 +24,6 @@ from memchat.nodes.common import current_message, run_context, text_of, thread_i
 
 __all__ = ["fact_id", "respond", "to_lc"]
 PASS_THROUGH = ("max_tokens", "temperature", "top_p", "stop", "response_format", "seed")
-
-
-def to_lc(messages: list[dict[str, str]]) -> list[BaseMessage]:
-    """Chat dicts to LangChain messages."""
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[m["role"]](content=m["content"]) for m in messages]  # type: ignore[misc]
 
 
 def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | None = None, *,
@@ -78,33 +72,15 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
 
 def _generate(eng: Engine, messages: list[dict[str, str]], llm_params: dict[str, Any] | None
               ) -> tuple[AIMessageChunk | None, float | None]:
-    """The one LLM call of the turn, streamed (tagged ``memchat:respond``): the reply and its time to first token.
-    Under ``MEMCHAT_TURN_TIMEOUT`` the call gets only what the turn has left."""
-    llm = eng.llm
-    params = generation_params(eng.settings, llm_params)
-    left = deadline.remaining()
-    if left is not None:
-        params["timeout"] = max(0.1, left)
-    if params:
-        llm = llm.bind(**params)  # type: ignore[assignment]
+    """The one LLM call of the turn (:func:`~memchat.backends.generate.stream_reply`): the reply and its time to
+    first token."""
     t0 = time.perf_counter()
     ttft: float | None = None
     chunks: AIMessageChunk | None = None
-    eng.metrics.inc("llm_calls_respond")
-    try:
-        for chunk in llm.stream(to_lc(messages), config={"tags": ["memchat:respond"]}):
-            if ttft is None and chunk.content:
-                ttft = time.perf_counter() - t0
-            chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
-            if left is not None and deadline.remaining() == 0.0:
-                raise deadline.TurnTimeout(eng.settings.turn_timeout)
-    except deadline.TurnTimeout:
-        raise
-    except Exception as exc:
-        eng.metrics.inc("llm_failures")
-        if left is not None and (deadline.remaining() or 0.0) < 0.05:  # cut by the turn's deadline
-            raise deadline.TurnTimeout(eng.settings.turn_timeout) from exc
-        raise classify_error(exc) from exc
+    for chunk in stream_reply(eng, messages, llm_params, kind="respond"):
+        if ttft is None and chunk.content:
+            ttft = time.perf_counter() - t0
+        chunks = chunk if chunks is None else chunks + chunk  # type: ignore[assignment]
     return chunks, ttft
 
 

@@ -16,7 +16,7 @@ from memchat.backends.llm import json_schema_format, response_format_for
 from memchat.backends.precompute import MISSING, PENDING, cache_for, l1_key, l2_key
 from memchat.memory.prompt import Turn
 from memchat.memory.rules import sentences
-from memchat.memory.slots import grounded, head_snapshot
+from memchat.memory.slots import grounded, head_snapshot, persona_of
 from memchat.memory.state import State
 from memchat.nodes.common import completed_pairs, l0_turns, text_of, thread_id
 from memchat.prompts import load_prompt
@@ -180,11 +180,39 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine) -> dict[s
     update["l1"] = l1
     update["pending_facts"] = pending
     # refreeze the head only at compaction, and only when what it shows changed
-    persona = (state.get("head") or {}).get("persona") or state.get("persona") or s.persona
+    persona = persona_of(state, s.persona)
     snap = head_snapshot(persona, state.get("slots") or {}, l2)
     if snap != state.get("head"):
         update["head"] = snap
     update["counters"] = counters
+    return update
+
+
+def fold_all(eng: Engine, state: Mapping[str, Any], default_persona: str) -> dict[str, Any] | None:
+    """``summarize now``: every L1 line and the verbatim turns beyond the newest N folded into L2 at once
+    (the state update; ``None`` when there is nothing to fold). Raises when the LLM gives no L2."""
+    lines = list(state.get("l1") or [])
+    turns = l0_turns(state)
+    n = eng.settings.l0_turns
+    older = turns[:-n] if len(turns) > n else []
+    if older:
+        lines.append({"from_turn": older[0].turn, "to_turn": older[-1].turn,
+                      "text": " / ".join(f"user: {t.user} — assistant: {t.assistant}" for t in older)[:2000]})
+    if not lines:
+        lines = [{"from_turn": t.turn, "to_turn": t.turn, "text": f"user: {t.user} — assistant: {t.assistant}"}
+                 for t in turns]
+    if not lines:
+        return None
+    new_l2 = summarize_l2(eng, state.get("l2"), lines)
+    if new_l2 is None:
+        raise RuntimeError("the LLM could not produce the L2 summary; try again")
+    update: dict[str, Any] = {"l2": new_l2, "l1": [], "counters": {"llm_calls_summary": 1},
+                              "head": head_snapshot(persona_of(state, default_persona), state.get("slots") or {}, new_l2)}
+    if older:
+        pairs = completed_pairs(state)[: len(older)]
+        update["messages"] = [RemoveMessage(id=str(m.id)) for p in pairs for m in p]
+        keep = {t.turn for t in turns[len(older):]}
+        update["l0_meta"] = [m for m in state.get("l0_meta") or [] if int(m.get("turn", 0)) in keep]
     return update
 
 

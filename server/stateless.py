@@ -18,17 +18,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import bm25s
+import numpy as np
 from langchain_core.messages import AIMessageChunk
 
+from memchat.backends.bm25 import BM25Index
 from memchat.backends.engine import Engine
-from memchat.backends.llm import cached_tokens, classify_error, generation_params
+from memchat.backends.generate import stream_reply
+from memchat.backends.llm import cached_tokens
 from memchat.memory.prompt import Assembled, Turn, assemble, memory_line, render_head, render_l1
 from memchat.memory.rules import extract_rules
 from memchat.memory.slots import apply_operations, keep_grounded
 from memchat.memory.textproc import tokenize
 from memchat.nodes.common import text_of, with_context
-from memchat.nodes.respond import to_lc
 from memchat.nodes.summarize import fallback_summary
 
 SUMMARY_CHARS = 160
@@ -117,14 +118,15 @@ def bm25_recall(turns: list[Turn], query: str, top_k: int) -> list[dict[str, Any
     q = tokenize(query)
     if not docs or not q or top_k <= 0:
         return []
-    index = bm25s.BM25()
-    index.index([d["tokens"] for d in docs], show_progress=False)
-    ids, scores = index.retrieve([q], k=min(top_k, len(docs)), show_progress=False)
+    index = BM25Index()  # the one BM25 (memchat.backends.bm25), as vector memory's sparse retriever uses
+    for d in docs:
+        index.add(d["tokens"])
+    scores = index.scores(q)
     hits = []
-    for i, score in zip(ids[0], scores[0]):
-        if float(score) > 0:
+    for i in np.argsort(-scores, kind="stable")[:top_k]:
+        if float(scores[i]) > 0:
             d = {k: v for k, v in docs[int(i)].items() if k != "tokens"}
-            d["score"] = round(float(score), 5)
+            d["score"] = round(float(scores[i]), 5)
             hits.append(d)
     return hits
 
@@ -185,21 +187,12 @@ class StatelessResult:
 def stream_answer(engine: Engine, prompt: StatelessPrompt, llm_params: dict[str, Any]
                   ) -> Iterator[str | StatelessResult]:
     """One LLM call: yield reply tokens, then a :class:`StatelessResult`."""
-    llm = engine.llm
-    params = generation_params(engine.settings, llm_params)
-    if params:
-        llm = llm.bind(**params)  # type: ignore[assignment]
-    engine.metrics.inc("llm_calls_stateless")
     total: AIMessageChunk | None = None
-    try:
-        for chunk in llm.stream(to_lc(prompt.messages)):
-            total = chunk if total is None else total + chunk  # type: ignore[assignment]
-            text = text_of(chunk)
-            if text:
-                yield text
-    except Exception as exc:
-        engine.metrics.inc("llm_failures")
-        raise classify_error(exc) from exc
+    for chunk in stream_reply(engine, prompt.messages, llm_params, kind="stateless"):
+        total = chunk if total is None else total + chunk  # type: ignore[assignment]
+        text = text_of(chunk)
+        if text:
+            yield text
     reply = text_of(total) if total is not None else ""
     usage = dict(total.usage_metadata or {}) if total is not None and total.usage_metadata else {}
     yield StatelessResult(reply=reply, usage=usage, cached_tokens=cached_tokens(total) if total else None)

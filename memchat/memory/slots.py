@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -237,3 +238,8 @@ def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | Non
         if v.get("origin"):
             shown[k]["origin"] = v["origin"]
     return {"persona": persona, "slots": shown, "l2": l2}
+
+
+def persona_of(state: Mapping[str, Any], default: str) -> str:
+    """The persona a thread's prompt uses: the one frozen in its head, else the state's, else ``default``."""
+    return str((state.get("head") or {}).get("persona") or state.get("persona") or default)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import BaseMessage
 from pydantic import Field
 
+from memchat.bench.common import ScriptChatModel
 
-class ScriptedChatModel(BaseChatModel):
+
+class ScriptedChatModel(ScriptChatModel):
     """Replies from a script (or an echo of the last user line); JSON when a response_format is bound.
 
     ``fail_kinds`` makes calls of a kind ("respond", "summary", "extraction") raise, ``bad_json`` returns
@@ -60,29 +58,6 @@ class ScriptedChatModel(BaseChatModel):
             return self.replies.pop(0)
         last = str(messages[-1].content).splitlines()[-1] if messages else ""
         return f"reply to: {last[:60]}"
-
-    def _usage(self, messages: list[BaseMessage], text: str) -> dict[str, Any]:
-        n_in = sum(len(str(m.content).split()) for m in messages)
-        n_out = len(text.split())
-        return {"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out}
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        text = self._text(messages, kwargs)
-        msg = AIMessage(content=text, usage_metadata=self._usage(messages, text))  # type: ignore[arg-type]
-        return ChatResult(generations=[ChatGeneration(message=msg)])
-
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        text = self._text(messages, kwargs)
-        words = text.split(" ")
-        for i, w in enumerate(words):
-            piece = w if i == 0 else " " + w
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(messages, text)))  # type: ignore[arg-type]
 
     def kinds(self) -> list[str]:
         """Kinds of the calls made so far."""
