@@ -20,7 +20,7 @@ ONE_SHOT = (
     "User: What is my name?\n"
     "Assistant: Your name is Ana.\n"
 )
-STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>", "\n(Memory:", "\n(Update:"]
+STOP = ["\nUser:", "\n### ", "\nAssistant:", "<end_of_turn>", "\n(Memory:", "\n(Update:", "\n(Now:"]
 
 
 _BLOCK = re.compile(r"<(memory|memory-update)>\n(?:[^\n]*\n)?(.*?)\n</\1>\s*", re.S)
