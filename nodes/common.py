@@ -11,7 +11,7 @@ from langchain_core.runnables import RunnableConfig
 
 from memchat.memory.namespaces import LEGACY_ANONYMOUS, thread_scope
 from memchat.memory.prompt import Assembled, Turn, assemble, render_head
-from memchat.memory.slots import persona_of
+from memchat.memory.slots import describe_change, persona_of
 from memchat.memory.state import Context
 
 CONTEXT_KEYS = tuple(Context.__annotations__)  # user_id, persona, llm_params, request_context
@@ -113,8 +113,6 @@ def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: An
                 ) -> tuple[Assembled, list[Turn], list[str], str]:
     """The turn's prefix-stable prompt within budget: (assembled prompt, the L0 turns as sent, the slot
     notes of the tail, the turn's date and time)."""
-    from memchat.memory.slots import describe_change
-
     message = text_of(current_message(state))
     turns = l0_turns(state)
     if state.get("memory_rebase"):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _few_threads, _matvec
+from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec
 
 if TYPE_CHECKING:
     from memchat.backends.embeddings import STEmbeddings
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from memchat.memory.records import MemoryDoc
 
 QUERY_CACHE = 64
-SMALL_BATCH = 8  # up to this many texts are embedded on one torch thread
 
 
 class EmbedCache:
@@ -43,8 +42,7 @@ class EmbedCache:
             if vec is not None:
                 self._cache.move_to_end(text)
                 return vec
-        with _few_threads():
-            vec = self.embeddings.embed_query(text)
+        vec = self.embeddings.embed_query(text)  # the embedder picks its torch threads per batch
         with self._lock:
             self._cache[text] = vec
             while len(self._cache) > QUERY_CACHE:
@@ -57,8 +55,7 @@ class EmbedCache:
             out = [self._cache.get(t) if self._same_space else None for t in texts]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
-            with _few_threads(len(todo) <= SMALL_BATCH):
-                vecs = self.embeddings.embed_documents([texts[i] for i in todo])
+            vecs = self.embeddings.embed_documents([texts[i] for i in todo])
             for i, v in zip(todo, vecs):
                 out[i] = v
         return [v for v in out if v is not None]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -81,36 +78,3 @@ def _matvec(m: np.ndarray, v: np.ndarray, rows: int = 1024) -> np.ndarray:
     for i in range(0, len(m), rows):
         np.dot(m[i:i + rows], v, out=out[i:i + rows])
     return out
-
-
-@contextmanager
-def _few_threads(active: bool = True) -> Iterator[None]:
-    """Embed a few short texts on one torch thread.
-
-    For a message or two, more threads buy nothing but synchronisation, and on a busy machine (an
-    LLM server on the same cores) a multi-threaded forward pass waits for every thread: measured on 2
-    cores next to other work, p95 of one query embedding 369 ms with 2 threads, 23 ms with 1.
-    Batches (pre-fills, re-indexing) keep torch's setting.
-
-    The sentence-transformers embedder (``STEmbeddings``) sets the thread count per encode itself and
-    batches concurrent callers, which this lock would serialise: then this is a no-op.
-    """
-    if not active or _self_threading:
-        yield
-        return
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with _torch_lock:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-
-
-_torch_lock = threading.Lock()
-_self_threading = True  # the embedders in use manage torch's threads (memchat/backends/embeddings.py)

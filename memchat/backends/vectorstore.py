@@ -13,7 +13,7 @@ from langchain_chroma import Chroma
 from memchat.backends.bm25 import BM25_B, BM25_K1, BM25Index, bm25_tokens, stem
 from memchat.backends.embeddings import STEmbeddings
 from memchat.backends.memory_index import EmbedCache, Scopes, dense_top, sparse_top
-from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _few_threads, _matvec, _Scope
+from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
 from memchat.memory.records import BM25_WEIGHT, DENSE_WEIGHT, Hit, MemoryDoc, fuse, msg_id
 from memchat.memory.textproc import tokenize
 
@@ -21,7 +21,7 @@ from memchat.memory.textproc import tokenize
 # the BM25 index in memchat.backends.bm25, the in-process scopes in memchat.backends.scopes and
 # memchat.backends.memory_index, shared with the Milvus store)
 __all__ = ["BM25_B", "BM25_K1", "BM25_WEIGHT", "DENSE_WEIGHT", "MAX_SCOPES", "VECTORS_IN_MEMORY_MAX", "BM25Index",
-           "ChromaMemory", "EmbedderMismatch", "Hit", "MemoryDoc", "VectorMemory", "_Scope", "_few_threads",
+           "ChromaMemory", "EmbedderMismatch", "Hit", "MemoryDoc", "VectorMemory", "_Scope",
            "_matvec", "bm25_tokens", "fuse", "make_chroma_client", "msg_id", "stem"]
 
 
