@@ -7,7 +7,9 @@
 * **History on a thread**: earlier user/assistant messages sent with a thread id. For a thread that does
   not exist yet they are imported as its past turns (``X-Memchat-Imported: N``); for an existing thread
   they are refused with a 400, or with ``MEMCHAT_HISTORY_ON_EXISTING_THREAD=ignore`` ignored with an
-  ``X-Memchat-Warning`` header. Never silently dropped.
+  ``X-Memchat-Warning`` header. Never silently dropped. A retry of the importing request with the same
+  ``Idempotency-Key`` is not refused: its turn is replayed from the stored receipt (the history was imported
+  by the first attempt).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from memchat.chat import MemChat
 from memchat.importer import ThreadExists, import_thread
+from memchat.memory.receipts import key_hash
 from memchat.server.schemas import SYSTEM_ROLES, APIError, ChatCompletionRequest, check_text
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ def prepare_thread(mc: MemChat, plan: ChatPlan) -> dict[str, str]:
     try:
         n = import_thread(mc, tid, plan.history, user_id=plan.user_id, persona=plan.persona)
     except ThreadExists as exc:
+        if plan.idempotency_key and _has_receipt(mc, tid, plan.idempotency_key):
+            return {}  # a retry of a request that imported and answered: the turn replays its stored result
         earlier = len(plan.history)
         if mc.settings.history_on_existing_thread == "ignore":
             return {WARNING_HEADER: f"{earlier} earlier messages ignored: thread {tid} exists and keeps its own "
@@ -55,6 +60,12 @@ def prepare_thread(mc: MemChat, plan: ChatPlan) -> dict[str, str]:
                             "messages itself), or use a new thread id to import them",
                        param="messages", code="history_on_existing_thread") from exc
     return {IMPORTED_HEADER: str(n)} if n else {}
+
+
+def _has_receipt(mc: MemChat, thread_id: str, key: str) -> bool:
+    """Whether the thread holds a result stored under the idempotency ``key``."""
+    h = key_hash(key)
+    return any(r.get("key") == h for r in mc.state(thread_id).get("receipts") or [])
 
 
 def undo_import_on_failure(mc: MemChat, thread_id: str, items: Iterator[Any]) -> Iterator[Any]:

@@ -121,6 +121,14 @@ def test_history_import_into_a_new_thread(client: openai.OpenAI, stub: StubURL, 
     assert "already has turns" in str(exc.value) and exc.value.code == "history_on_existing_thread"
     assert httpx.get(f"{base}/v1/threads/imported-1/memory").json()["turns"] == 61
 
+    # a retry of the importing request with its Idempotency-Key replays the stored answer instead of a 400
+    keyed = {"X-Thread-ID": "imported-keyed", "Idempotency-Key": "import-retry-1"}
+    first = client.chat.completions.with_raw_response.create(model="memchat", messages=msgs, extra_headers=keyed)
+    again = client.chat.completions.with_raw_response.create(model="memchat", messages=msgs, extra_headers=keyed)
+    assert again.parse().id == first.parse().id and again.parse().choices[0].message.content == \
+        first.parse().choices[0].message.content
+    assert httpx.get(f"{base}/v1/threads/imported-keyed/memory").json()["turns"] == 61
+
     # a first turn that fails takes its import with it: the retry imports again
     short = [*conversation(6), {"role": "user", "content": "And my order number?"}]
     httpx.post(f"{stub.root}/_control", json={"mode": "error"})
