@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +66,8 @@ class MemChat:
         self.leases = ThreadLeases(self.settings)  # one turn per thread across processes / replicas
         self.registry = ThreadRegistry(self.store)  # threads, their speakers, users being forgotten
         self.views = TurnViews(self.store)  # the last prompt and retrievals per thread, outside the checkpoints
-        self._locks: dict[str, threading.Lock] = {}
+        # held only while someone holds or waits on the lock, so the table does not grow with every thread ever seen
+        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self.outbox = Outbox(self.store)  # threads whose vector-memory writes wait for the store to return
         self.outbox.start(self._replay_outbox)
@@ -93,9 +95,12 @@ class MemChat:
         return ctx
 
     def lock(self, thread_id: str) -> threading.Lock:
-        """The in-process lock of a thread."""
+        """The in-process lock of a thread (the same object for every caller while any caller still holds it)."""
         with self._locks_guard:
-            return self._locks.setdefault(thread_id, threading.Lock())
+            lock = self._locks.get(thread_id)
+            if lock is None:
+                lock = self._locks[thread_id] = threading.Lock()
+            return lock
 
     @contextlib.contextmanager
     def exclusive(self, thread_id: str) -> Iterator[None]:

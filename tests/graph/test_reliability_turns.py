@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -237,3 +238,13 @@ def test_a_busy_thread_does_not_starve_the_server(stub: StubURL, tmp_path: Path)
         assert any("MEMCHAT_THREAD_WAIT" in e["message"] for e in busy)  # waited, then 409
         mem = httpx.get(f"{url}/v1/threads/{tid}/memory", timeout=30).json()
         assert mem["turns"] == len(ok) and sorted(t["user"] for t in mem["recent_turns"]) == sorted(ok)
+
+
+def test_thread_locks_do_not_pile_up(base: str, mc: MemChat) -> None:
+    """The per-thread lock table holds only locks in use (it used to keep one lock per thread ever seen)."""
+    for i in range(5):
+        assert chat(base, f"lk{i}", "hello").status_code == 200
+    gc.collect()
+    assert not [k for k in list(mc._locks.keys()) if k.startswith("lk")]
+    held = mc.lock("lk-held")
+    assert mc.lock("lk-held") is held  # every caller shares one lock while anyone holds it
