@@ -207,7 +207,7 @@ def outage_stack(*, threads: int, turns: int, down: float, turn_timeout: float, 
     """Start what is missing (PostgreSQL, Chroma, the stub LLM, ``memchat serve``), run, stop."""
     from urllib.parse import urlparse
 
-    from memchat.bench.load import memchat_server, stub_llm
+    from memchat.bench.stack import memchat_server, stub_llm
     from tests.support import services
 
     started: list[Any] = []
