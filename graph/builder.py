@@ -3,6 +3,8 @@
 Every entry point builds it here from an explicit services object (:class:`~memchat.backends.engine.Engine`):
 ``langgraph dev`` (``graph``, below), :class:`~memchat.chat.MemChat` (hence the server, the CLI and the benches).
 The nodes receive that engine and nothing else; per-run values come through ``context`` (:class:`Context`).
+Turns are atomic in the graph itself (:mod:`memchat.graph.atomic`): a new message first rolls back a turn
+that failed half-way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 
 from memchat.backends.engine import Engine, shared_engine
+from memchat.graph.atomic import AtomicGraph
 from memchat.graph.memory_steps import add_memory_nodes
 from memchat.memory.state import Context, State
 from memchat.nodes import respond, should_summarize
@@ -53,7 +56,9 @@ def build_graph(settings: Settings | None = None, checkpointer: BaseCheckpointSa
         from memchat.backends.persistence import make_store
 
         store = make_store(eng.settings)
-    return _wire(eng).compile(checkpointer=checkpointer or None, store=store or None, name="memchat")
+    compiled = _wire(eng).compile(checkpointer=checkpointer or None, store=store or None, name="memchat")
+    # the same object as a CompiledStateGraph, but a new message never stacks on a half-finished turn
+    return AtomicGraph(**{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"})
 
 
 # For `langgraph dev` / LangGraph Platform (langgraph.json): the same build_graph, settings from the environment,

@@ -25,10 +25,12 @@ from memchat.backends.engine import Engine, shared_engine
 from memchat.backends.extraction import schedule as schedule_extraction
 from memchat.backends.outbox import Outbox, replay_thread, write_outbox
 from memchat.backends.persistence import ThreadBusy, ThreadLeases
-from memchat.backends.registry import ThreadRegistry, legacy_user, speakers
+from memchat.backends.registry import ThreadRegistry, legacy_user
 from memchat.backends.views import TurnViews
+from memchat.forgetting import drop_thread, forget_user
+from memchat.graph.atomic import SKIP, rollback_unfinished
 from memchat.graph.builder import build_graph
-from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all, thread_scope
+from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all
 from memchat.memory.receipts import find_receipt, fingerprint, key_hash
 from memchat.memory.state import Context
 from memchat.nodes.common import l0_turns, text_of
@@ -75,7 +77,8 @@ class MemChat:
     # ---- config & locks ------------------------------------------------------------------
     def config(self, thread_id: str) -> RunnableConfig:
         """The run config: the thread and MemChat's own switches (per-run values go in :meth:`run_context`)."""
-        conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True, "views_out": True}
+        # SKIP: MemChat rolls a half turn back itself (recover, under the thread's lock) before each turn
+        conf: dict[str, Any] = {"thread_id": thread_id, "defer_memory": True, "views_out": True, SKIP: True}
         if self.settings.summaries_in_background:
             conf["background_summaries"] = True  # the summarize node applies summaries made after the last reply
         return {"configurable": conf, "recursion_limit": 25}
@@ -130,16 +133,7 @@ class MemChat:
     # ---- turns ------------------------------------------------------------------------------
     def recover(self, thread_id: str) -> bool:
         """Roll back a half-finished turn (e.g. after a crash); True when something was undone."""
-        cfg = self.config(thread_id)
-        snap = self.graph.get_state(cfg)
-        if not snap.next:
-            return False
-        for past in self.graph.get_state_history(cfg):
-            if not past.next and past.metadata and past.metadata.get("step", -1) >= 0:
-                self.graph.update_state(past.config, None, as_node="__copy__")
-                return True
-        self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
-        return True
+        return rollback_unfinished(self.graph, self.config(thread_id))
 
     def stream_turn(self, thread_id: str, message: str, *, user_id: str | None = None, persona: str | None = None,
                     llm_params: dict[str, Any] | None = None, idempotency_key: str | None = None,
@@ -319,45 +313,11 @@ class MemChat:
         """Forget a thread: its checkpoints, thread-scoped memories and, when it had no user, its own
         profile slots and facts."""
         with self.exclusive(thread_id):
-            return self._drop_thread(thread_id, self.state(thread_id), self.registry.row(thread_id))
-
-    def _drop_thread(self, thread_id: str, st: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
-        """Delete a thread the caller holds exclusively."""
-        self.checkpointer.delete_thread(thread_id)  # type: ignore[union-attr]
-        self.views.drop(thread_id)
-        scope = thread_scope(thread_id)
-        removed = self.engine.memory.delete_thread(thread_id) + self.engine.memory.delete_user(scope)
-        own = self.registry.drop_user(scope)
-        self.registry.remove(thread_id, row)
-        return {"thread_id": thread_id, "deleted": bool(st), "memories_removed": removed,
-                "slots_removed": len(st.get("slots") or {}) + own["profile_slots"]}
+            return drop_thread(self, thread_id, self.state(thread_id), self.registry.row(thread_id))
 
     def delete_user(self, user_id: str) -> dict[str, Any]:
-        """Forget a user everywhere: every thread they spoke in (shared ones whole: they hold the user's
-        words), every vector memory, the profile slots, the audit log. The user's turns are refused while
-        this runs, and a turn already running finishes first, so nothing of the user is written after."""
-        out: dict[str, Any] = {"user_id": user_id, "threads_deleted": [], "shared_threads_deleted": [],
-                               "memories_removed": 0, "thread_slots_removed": 0}
-        ttl = 2 * self.leases.wait + 60
-        with self.lock("/forget/" + user_id), self.registry.forgetting(user_id, ttl) as extend:
-            for tid in self.registry.indexed(user_id):
-                extend()
-                with self.exclusive(tid):
-                    st, row = self.state(tid), self.registry.row(tid)
-                    users = speakers(row) if row else [u for u in [legacy_user(st.get("user_id"))] if u and st]
-                    if user_id not in users:
-                        continue  # a stale index entry: the user never completed a turn here
-                    res = self._drop_thread(tid, st, row)
-                out["threads_deleted"].append(tid)
-                if set(users) - {user_id}:
-                    out["shared_threads_deleted"].append(tid)
-                out["memories_removed"] += res["memories_removed"]
-                out["thread_slots_removed"] += res["slots_removed"]
-            out["memories_removed"] += self.engine.memory.delete_user(user_id)
-            counts = self.registry.drop_user(user_id)
-        out["profile_slots_removed"] = counts["profile_slots"]
-        out["audit_entries_removed"] = counts["audit_entries"]
-        return out
+        """Forget a user everywhere (:func:`memchat.forgetting.forget_user`)."""
+        return forget_user(self, user_id)
 
 
 def _replay(thread_id: str, rec: dict[str, Any]) -> TurnResult:

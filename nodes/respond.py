@@ -39,8 +39,9 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
     chunks, ttft = _generate(eng, asm.messages, run_context(config, runtime).get("llm_params"))
     reply_text = text_of(chunks) if chunks is not None else ""
     usage = dict(chunks.usage_metadata or {}) if chunks is not None and chunks.usage_metadata else {}
-    reply = AIMessage(content=reply_text, id=f"ai:{tid}:{turn}", usage_metadata=chunks.usage_metadata if chunks else None,
-                      response_metadata={"turn": turn})
+    # the stored reply keeps the id its streamed chunks carried, so stream_mode="messages" shows it once
+    reply = AIMessage(content=reply_text, id=(chunks.id if chunks is not None and chunks.id else f"ai:{tid}:{turn}"),
+                      usage_metadata=chunks.usage_metadata if chunks else None, response_metadata={"turn": turn})
     cached = cached_tokens(reply)
     conf = (config or {}).get("configurable") or {}
     prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view

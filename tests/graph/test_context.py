@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from pydantic import SecretStr
@@ -13,6 +14,7 @@ from memchat.backends.engine import Engine, settings_key, shared_engine
 from memchat.graph.builder import build_graph
 from memchat.memory.state import Context
 from memchat.settings import Settings
+from tests.support.fakes import ScriptedChatModel
 
 
 def test_invoke_context_user_id_is_honoured_in_process(engine: Engine) -> None:
@@ -83,3 +85,36 @@ def test_summary_calls_do_not_stream_as_reply_tokens(engine: Engine) -> None:
     assert engine.llm.calls and any(kind == "summary" for kind, _ in engine.llm.calls)  # type: ignore[attr-defined]
     assert not [t for t in tagged if "memchat:summary" in t]
     assert [t for t in tagged if "memchat:respond" in t]
+
+
+def test_the_streamed_reply_is_the_stored_reply(engine: Engine) -> None:
+    """In ``stream_mode="messages"`` the reply shows once: its chunks and the stored message share one id."""
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+    seen = [(m.id, type(m).__name__) for m, _meta in g.stream(
+        {"messages": [HumanMessage(content="hello there")]}, cfg, stream_mode="messages")]  # type: ignore[arg-type]
+    ai_ids = {i for i, kind in seen if kind.startswith("AI")}
+    assert len(ai_ids) == 1  # the node used to return the reply under a new id: a second, whole copy
+    stored = g.get_state(cfg).values["messages"][-1]  # type: ignore[arg-type]
+    assert stored.id in ai_ids and stored.content
+
+
+def test_a_failed_turn_never_stacks_under_the_next_message(engine: Engine, fake_llm: ScriptedChatModel) -> None:
+    """Atomic turns without MemChat: build_graph + your own checkpointer."""
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+    g.invoke({"messages": [HumanMessage(content="My name is Li Ming.")]}, cfg)  # type: ignore[arg-type]
+    fake_llm.fail_kinds = {"respond"}
+    with pytest.raises(Exception):  # noqa: B017 - whatever the LLM raised
+        g.invoke({"messages": [HumanMessage(content="My order number is 55-771")]}, cfg)  # type: ignore[arg-type]
+    assert g.get_state(cfg).next == ("respond",)  # type: ignore[arg-type]  # resumable: invoke(None) finishes it
+    fake_llm.fail_kinds = set()
+    out = g.invoke({"messages": [HumanMessage(content="What is my name?")]}, cfg)  # type: ignore[arg-type]
+    assert out["turn"] == 2 and "fact:order_number" not in out["slots"]  # the half turn was rolled back
+    assert [m.content for m in out["messages"] if isinstance(m, HumanMessage)] == [
+        "My name is Li Ming.", "What is my name?"]
+    fake_llm.fail_kinds = {"respond"}
+    with pytest.raises(Exception):  # noqa: B017
+        g.invoke({"messages": [HumanMessage(content="I live in Hangzhou.")]}, cfg)  # type: ignore[arg-type]
+    fake_llm.fail_kinds = set()
+    assert g.invoke(None, cfg)["turn"] == 3  # type: ignore[arg-type]  # or resumed: the same turn, finished

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "memchat.backends": 2,
     "memchat.nodes": 3,
     "memchat.graph": 4,
-    "memchat.chat": 5, "memchat.importer": 5,
+    "memchat.chat": 5, "memchat.forgetting": 5, "memchat.importer": 5,
     "memchat.server": 6,
     "memchat.bench": 7,
     "memchat.cli": 8, "memchat.cli_keys": 8, "memchat.__main__": 8,  # the console entry: serve, bench, keys
