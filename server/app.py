@@ -21,9 +21,10 @@ from memchat.server import auth, faults, health, tenancy
 from memchat.server.bridge import Server, iterate_in_thread
 from memchat.server.chat_plan import ChatPlan
 from memchat.server.errors import api_error, install_error_handlers
+from memchat.server.graph_precheck import GraphPrecheck
 from memchat.server.guard import RequestGuardMiddleware, parse_allowed_hosts
 from memchat.server.keys import KeyStore
-from memchat.server.langserve_routes import GraphPrecheck, mount_graph
+from memchat.server.langserve_routes import mount_graph
 from memchat.server.meta_routes import meta_router, mount_page
 from memchat.server.middleware import BodySizeMiddleware, RequestContextMiddleware
 from memchat.server.openai_routes import openai_router
@@ -82,7 +83,8 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     app.include_router(openai_router(server, settings))
     mount_user_routes(app, server, memchat)  # GET /v1/threads, DELETE /v1/users/{user}/memory
     app.include_router(thread_router(server, memchat))
-    mount_graph(app, memchat, server.metrics, settings, gate=server.gate)  # LangServe: /graph/*
+    # LangServe: /graph/*
+    mount_graph(app, memchat, server.metrics, settings, gate=server.gate, pool=lambda: server.pool)
     mount_page(app)
     return app
 

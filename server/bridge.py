@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -122,9 +122,10 @@ class Server:
 _DONE = object()
 
 
-async def iterate_in_thread(server: Server, make: Callable[[], Iterator[T]], *,
+async def iterate_in_thread(server: Server | Executor | None, make: Callable[[], Iterator[T]], *,
                             cancel_on_close: bool) -> AsyncGenerator[T, None]:
-    """Run a sync iterator in the worker pool and yield its items here.
+    """Run a sync iterator in the worker pool (the server's, an executor, or the loop's default) and yield its
+    items here.
 
     When the consumer stops early (client gone): with ``cancel_on_close`` the iterator is closed, else it
     runs to completion in the background (a memchat turn always finishes and is saved whole)."""
@@ -156,7 +157,7 @@ async def iterate_in_thread(server: Server, make: Callable[[], Iterator[T]], *,
         put("done", _DONE)
 
     ctx = contextvars.copy_context()
-    loop.run_in_executor(server.pool, ctx.run, work)
+    loop.run_in_executor(server.pool if isinstance(server, Server) else server, ctx.run, work)
     try:
         while True:
             kind, value = await queue.get()

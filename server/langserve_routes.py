@@ -1,7 +1,8 @@
 """The memchat graph behind LangServe (``/graph/invoke``, ``/graph/batch``, ``/graph/stream``, playground).
 
 LangServe calls runnables asynchronously, and the SQLite checkpointer is sync only, so the compiled graph
-is run through :class:`memchat.chat.MemChat` in a worker thread: the turn is atomic (a failed turn leaves the
+is run through :class:`memchat.chat.MemChat` in a worker thread (``/graph/stream`` yields ``{"token": ...}``
+chunks as the reply streams, then the thread's state): the turn is atomic (a failed turn leaves the
 thread unchanged), turns of one thread are serialized, and the thread shows up in ``/v1/threads``. The
 thread comes from the ``X-Thread-ID`` header (or ``config.configurable.thread_id``), the user from
 ``X-User-ID`` (or ``configurable.user_id`` / the input's ``user_id``).
@@ -10,7 +11,8 @@ thread comes from the ``X-Thread-ID`` header (or ``config.configurable.thread_id
 from __future__ import annotations
 
 import contextlib
-import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,22 +20,20 @@ from fastapi import FastAPI, HTTPException, Request
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
 from langchain_core.runnables import ConfigurableFieldSpec, Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memchat.backends.llm import BackendBusy, BackendError, BackendRejected
 from memchat.backends.persistence import ThreadBusy
-from memchat.chat import MemChat
+from memchat.chat import MemChat, TurnResult
 from memchat.memory.receipts import IdempotencyConflict
 from memchat.nodes.common import text_of
 from memchat.server.admission import IDEMPOTENCY_HEADER, ThreadGate, idempotency_key
+from memchat.server.bridge import iterate_in_thread
 from memchat.server.metrics import ServerMetrics
 from memchat.server.schemas import USER_REQUIRED, APIError, GraphInputError, LLMParams, check_id, check_text
 from memchat.server.tenancy import graph_config
 from memchat.settings import Settings
 
 RUN_SUFFIXES = ("/invoke", "/batch", "/stream", "/stream_log", "/stream_events")
-MAX_JSON_DEPTH = 64  # far more than a turn needs; deep bodies crash parsers and validators (RecursionError)
 
 
 def _coerce_messages(value: Any) -> Any:
@@ -169,22 +169,31 @@ def check_llm_params(params: Any) -> dict[str, Any] | None:
         raise GraphInputError(400, f"invalid configurable.llm_params: {exc.message}") from exc
 
 
-def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
-                   settings: Settings | None = None, gate: ThreadGate | None = None) -> Runnable[Any, Any]:
-    """The graph as a runnable that runs one atomic MemChat turn per call (sync; async runs in a thread).
+def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None, settings: Settings | None = None,
+                   gate: ThreadGate | None = None, pool: Callable[[], Executor] | None = None) -> Runnable[Any, Any]:
+    """The graph as a runnable that runs one atomic MemChat turn per call. Streamed (``/graph/stream``,
+    ``RemoteRunnable.stream``), it yields ``{"token": text}`` per reply token as the model writes it, then the
+    thread's state; invoked, it returns the state (chunks that do not add up replace each other). Async runs go
+    through ``pool`` (the server's workers), and a client that leaves mid-stream does not cut the turn.
 
     Invalid input raises :class:`GraphInputError` (answered 400/413 by the app, not 500)."""
     max_chars = (settings or memchat.settings).max_request_chars
     require_user = (settings or memchat.settings).require_user
 
-    def run_turn(inp: Any, config: RunnableConfig) -> dict[str, Any]:
+    def run_turn(inp: Any, config: RunnableConfig) -> Iterator[dict[str, Any]]:
         t = parse_turn(inp, dict(config.get("configurable") or {}), max_chars, require_user)
         obs = metrics.turn("graph") if metrics is not None else None
+        result: TurnResult | None = None
         try:
             with gate.held(t.thread_id) if gate is not None else contextlib.nullcontext():
-                result = memchat.turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
-                                      llm_params=t.llm_params, idempotency_key=t.idempotency_key,
-                                      on_token=(lambda _t: obs.token()) if obs is not None else None)
+                for item in memchat.stream_turn(t.thread_id, t.message, user_id=t.user_id, persona=t.persona,
+                                                llm_params=t.llm_params, idempotency_key=t.idempotency_key):
+                    if isinstance(item, TurnResult):
+                        result = item
+                        continue
+                    if obs is not None:
+                        obs.token()
+                    yield {"token": item}
         except (APIError, ThreadBusy, IdempotencyConflict) as exc:  # busy thread, reused key: 409 / 422
             if obs is not None:
                 obs.failed("thread_busy" if not isinstance(exc, IdempotencyConflict) else "idempotency_key_reused")
@@ -192,112 +201,32 @@ def graph_runnable(memchat: MemChat, metrics: ServerMetrics | None = None,
             raise GraphInputError(status, getattr(exc, "message", None) or str(exc), code=code) from exc
         except BaseException as exc:
             if obs is not None:
-                code = "backend_timeout" if "Timeout" in type(exc).__name__ else (
-                    "backend_rejected" if isinstance(exc, BackendRejected) else
-                    "backend_busy" if isinstance(exc, BackendBusy) else
-                    "backend_unavailable" if isinstance(exc, BackendError) else "error")
-                obs.failed(code)
+                obs.failed(_failure_code(exc))
             raise
-        if obs is not None:
+        if obs is not None and result is not None:
             usage = dict(result.usage or {})
             obs.result({"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")},
                        result.cached_tokens)
-        return memchat.state(t.thread_id)
+        yield memchat.state(t.thread_id)
 
-    runnable: Runnable[Any, Any] = _TurnLambda(run_turn, name="memchat")
+    async def arun_turn(inp: Any, config: RunnableConfig) -> AsyncIterator[dict[str, Any]]:
+        async for item in iterate_in_thread(pool() if pool is not None else None, lambda: run_turn(inp, config),
+                                            cancel_on_close=False):
+            yield item
+
+    runnable: Runnable[Any, Any] = _TurnLambda(run_turn, afunc=arun_turn, name="memchat")  # type: ignore[arg-type]  # an async generator with config: accepted at run time
     return runnable.with_types(input_type=GraphInput, output_type=GraphOutput)
 
 
-class GraphPrecheck:
-    """Validates the turns sent to the graph's run routes before LangServe starts answering: LangServe's
-    ``stream_log`` / ``stream_events`` would otherwise send an error event and then raise after the
-    response started. A body that is not JSON is a 400; other shapes are left to LangServe (its 422)."""
-
-    def __init__(self, app: ASGIApp, max_chars: int, path: str = "/graph", require_user: bool = False) -> None:
-        self.app = app
-        self.max_chars = max_chars
-        self.require_user = require_user
-        self.paths = {f"{path}{suffix}" for suffix in RUN_SUFFIXES}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        principal = scope.get("state", {}).get("principal")
-        error = self.check(body, Headers(scope=scope), scope["path"].endswith("/batch"),
-                           getattr(principal, "users", None))
-        if error is not None:
-            await APIError(error.status, error.message, code=error.code).response()(scope, receive, send)
-            return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def check(self, body: bytes, headers: Headers, batch: bool, users: tuple[str, ...] | None = None
-              ) -> GraphInputError | None:
-        """The error to answer for this body, or ``None`` to let it through. A batch is checked whole, so
-        that one bad item refuses the batch before any item runs (the good ones would commit). ``users``: a
-        tenant key's users (the first is the default; an input naming another is a 403)."""
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep for the parser
-            return GraphInputError(400, "the request body is not valid JSON (or is nested too deeply)")
-        if json_depth(data) > MAX_JSON_DEPTH:
-            return GraphInputError(400, f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
-        if not isinstance(data, dict):
-            return None
-        try:
-            inputs = data.get("inputs") if batch else [data.get("input")]
-            configs = data.get("config")
-            if not isinstance(inputs, list):
-                return None
-            configs = configs if isinstance(configs, list) else [configs] * len(inputs)
-            for inp, config in zip(inputs, configs):
-                if not isinstance(inp, dict):
-                    return None
-                conf = (config or {}).get("configurable") if isinstance(config, dict) else None
-                conf = dict(conf) if isinstance(conf, dict) else {}
-                for header, key in (("x-thread-id", "thread_id"), ("x-user-id", "user_id"),
-                                    (IDEMPOTENCY_HEADER, "idempotency_key")):
-                    if headers.get(header):
-                        conf[key] = headers[header]
-                if users and inp.get("user_id") not in (None, "", *users):
-                    return GraphInputError(403, "this API key may not act for the input's user_id", code="forbidden")
-                if users and not conf.get("user_id"):
-                    conf["user_id"] = users[0]
-                parse_turn(inp, conf, self.max_chars, self.require_user)
-        except GraphInputError as exc:
-            return exc
-        except Exception:  # anything else is LangServe's to judge
-            return None
-        return None
-
-
-def json_depth(value: Any) -> int:
-    """How deeply lists and objects nest in parsed JSON (iterative: no recursion limit to hit)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
+def _failure_code(exc: BaseException) -> str:
+    """The metrics label of a failed turn."""
+    if "Timeout" in type(exc).__name__:
+        return "backend_timeout"
+    if isinstance(exc, BackendRejected):
+        return "backend_rejected"
+    if isinstance(exc, BackendBusy):
+        return "backend_busy"
+    return "backend_unavailable" if isinstance(exc, BackendError) else "error"
 
 
 async def per_request_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
@@ -326,12 +255,13 @@ async def per_request_config(config: dict[str, Any], request: Request) -> dict[s
 
 
 def mount_graph(app: FastAPI, memchat: MemChat, metrics: ServerMetrics | None = None,
-                settings: Settings | None = None, path: str = "/graph", gate: ThreadGate | None = None) -> None:
+                settings: Settings | None = None, path: str = "/graph", gate: ThreadGate | None = None,
+                pool: Callable[[], Executor] | None = None) -> None:
     """Mount the graph with ``langserve.add_routes`` (add :class:`GraphPrecheck` as the innermost
     middleware too)."""
     from langserve import add_routes
 
-    add_routes(app, graph_runnable(memchat, metrics, settings, gate), path=path,
+    add_routes(app, graph_runnable(memchat, metrics, settings, gate, pool), path=path,
                per_req_config_modifier=per_request_config,
                enabled_endpoints=("invoke", "batch", "stream", "stream_log", "stream_events", "input_schema",
                                   "output_schema", "config_schema", "playground"))

@@ -49,6 +49,15 @@ def test_invoke_with_thread_header_keeps_memory(base: str, stub: StubURL) -> Non
     assert "ls-1" in [t["id"] for t in httpx.get(f"{base}/v1/threads", headers=AUTH).json()["data"]]
 
 
+def test_stream_yields_reply_tokens_then_the_state(base: str) -> None:
+    chunks = list(remote(base, thread="ls-stream").stream({"messages": [("user", "Tell me about tea")]}))
+    tokens = [c["token"] for c in chunks[:-1]]
+    assert len(tokens) > 1  # the reply streams as the model writes it (it used to come as one final chunk)
+    final = chunks[-1]
+    assert final["turn"] == 1 and "".join(tokens) == final["messages"][-1].content
+    assert remote(base, thread="ls-stream").invoke({"messages": [("user", "and coffee?")]})["turn"] == 2
+
+
 def test_batch_runs_one_turn_per_input(base: str) -> None:
     outs = remote(base, thread="ls-batch").batch([{"messages": [("user", "one")]}])
     assert outs[0]["turn"] == 1
