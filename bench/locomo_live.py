@@ -69,7 +69,7 @@ def load_raw(path: Path, n: int | None, offset: int = 0) -> list[dict[str, Any]]
 
 def shown_ids(st: dict[str, Any], tid: str) -> set[str]:
     """Memory ids in the last prompt: memory blocks of the L0 turns and the L0 turns themselves."""
-    ids = {str(m.get("id")) for meta in st.get("l0_meta") or [] for m in meta.get("memories") or []}
+    ids = {str(m.get("id")) for meta in st.get("l0_shown") or [] for m in meta.get("memories") or []}
     return ids | {msg_id(tid, 2 * t.turn - 1) for t in l0_turns(st)}
 
 

@@ -107,7 +107,7 @@ def run(turns: int = 200, window: int = 10, seed: int = 7, quiet: bool = False, 
             st = mc.state(tid)
             cur: list[Message] = list(ctx["messages"])
             verified = verify_reuse(budget, prev, prev_reply, cur)
-            metas = st.get("l0_meta") or []
+            metas = st.get("l0_shown") or []
             shown = list((metas[-1] if metas else {}).get("memories") or [])
             had = {int(m.get("turn", 0)): bool(m.get("memories")) for m in prev_metas}
             rebase = any(had.get(int(m.get("turn", 0))) and not m.get("memories") for m in metas[:-1])

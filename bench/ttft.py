@@ -66,7 +66,7 @@ def run(turns: int = 50, window: int = 10, max_tokens: int | None = None, seed: 
                 res = mc.turn(tid, msg, user_id="bench-user")
                 ctx = res.context
                 st = mc.state(tid)
-                metas = st.get("l0_meta") or []
+                metas = st.get("l0_shown") or []
                 shown = list((metas[-1] if metas else {}).get("memories") or [])
                 naive = naive_prompt(settings.persona, st.get("slots") or {}, shown, history[-window:], msg)
                 naive_prompts.append(naive)

@@ -145,14 +145,14 @@ def finish(state: Mapping[str, Any], config: RunnableConfig, engine: Engine, sto
              date=str(plan.get("date") or ""))
     metas = list(plan.get("metas") or []) + [TurnMeta(turn=turn, memories=list(plan.get("memories") or []),
                                                       notes=list(plan.get("notes") or []), date=str(plan.get("date")))]
-    prev = state.get("context") or {}
+    prev = state.get("last_prompt") or {}
     reuse = prefix_reuse(engine.budget, prev.get("messages"), prev.get("reply"), list(plan.get("messages") or [])) \
         if prev else 0.0
     usage: dict[str, Any] = dict(reply.usage_metadata or {})
     return {
-        "messages": [final], "turn": turn, "l0_meta": metas, "candidates": [], "pending_facts": [],
-        "memory_rebase": False,
-        "context": {"turn": turn, "messages": list(plan.get("messages") or []), "reply": text,
+        "messages": [final], "turn": turn, "l0_shown": metas, "slot_candidates": [], "llm_facts_to_store": [],
+        "drop_shown_memories": False,
+        "last_prompt": {"turn": turn, "messages": list(plan.get("messages") or []), "reply": text,
                     "sections": plan.get("sections"), "cached_tokens": cached_tokens(reply),
                     "prefix_reuse": round(reuse, 4), "usage": usage, "dropped_turns": plan.get("dropped_turns"),
                     "rebased": plan.get("rebased"), "truncated": plan.get("truncated"),

@@ -32,7 +32,7 @@ from memchat.graph.atomic import SKIP, rollback_unfinished
 from memchat.graph.builder import build_graph
 from memchat.memory.namespaces import THREADS_NS, audit_namespace, search_all
 from memchat.memory.receipts import find_receipt, fingerprint, key_hash
-from memchat.memory.state import Context
+from memchat.memory.state import Context, current_values
 from memchat.nodes.common import l0_turns, text_of
 from memchat.nodes.summarize import fold_all, schedule_next
 from memchat.settings import Settings, get_settings
@@ -197,10 +197,10 @@ class MemChat:
                 raise
             self._flush(final, thread_id=thread_id)  # vector memory last: nothing after it can fail the turn
             self._after_commit(thread_id, view)
-            ctx = dict(view.get("context") or final.get("context") or {})
+            ctx = dict(view.get("context") or final.get("last_prompt") or {})
             if self.settings.summaries_in_background:  # the next compaction's summaries, off the hot path
                 schedule_next(self.engine, thread_id, final)
-            schedule_extraction(self.engine, thread_id, {**final, "context": ctx})  # LLM slot tier, next turn
+            schedule_extraction(self.engine, thread_id, {**final, "last_prompt": ctx})  # LLM slot tier, next turn
             reply = text_of(final["messages"][-1])
             yield TurnResult(thread_id=thread_id, turn=turn, reply=reply, usage=dict(ctx.get("usage") or {}),
                              cached_tokens=ctx.get("cached_tokens"), context=ctx, receipt=dict(receipt or {}))
@@ -245,7 +245,7 @@ class MemChat:
     # ---- views ------------------------------------------------------------------------------
     def state(self, thread_id: str) -> dict[str, Any]:
         """The thread's current state values (empty for an unknown thread)."""
-        return dict(self.graph.get_state(self.config(thread_id)).values or {})
+        return current_values(self.graph.get_state(self.config(thread_id)).values or {})
 
     def memory(self, thread_id: str) -> dict[str, Any]:
         """Slots with provenance, L1, L2, recent turns, completed turns and last retrievals."""
@@ -269,7 +269,7 @@ class MemChat:
     def context(self, thread_id: str) -> dict[str, Any]:
         """The last prompt sent to the LLM with token counts per section."""
         st = self.state(thread_id)
-        ctx = dict(self._view(thread_id, st).get("context") or st.get("context") or {})
+        ctx = dict(self._view(thread_id, st).get("context") or st.get("last_prompt") or {})
         ctx["thread_id"] = thread_id
         ctx.setdefault("messages", [])
         ctx.setdefault("sections", {})

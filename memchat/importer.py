@@ -148,9 +148,9 @@ def import_thread(mc: MemChat, thread_id: str, history: list[tuple[str, str]], *
                          AIMessage(content=t.assistant, id=f"ai:{thread_id}:{t.turn}")]
         values: dict[str, Any] = {
             "messages": messages, "turn": len(turns), "user_id": public_user(uid), "persona": persona, "slots": slots,
-            "slot_log": events[-LOG_LIMIT:], "head": head_snapshot(persona or mc.settings.persona, slots, l2),
-            "l1": l1, "l2": l2, "l0_meta": [TurnMeta(turn=t.turn, memories=[], notes=[]) for t in recent],
-            "candidates": [], "slot_changes": [], "pending_facts": [], "retrieved": [],
+            "slot_log": events[-LOG_LIMIT:], "frozen_head": head_snapshot(persona or mc.settings.persona, slots, l2),
+            "l1": l1, "l2": l2, "l0_shown": [TurnMeta(turn=t.turn, memories=[], notes=[]) for t in recent],
+            "slot_candidates": [], "slot_changes": [], "llm_facts_to_store": [], "retrieved": [],
             "counters": {"imported_turns": len(turns), "llm_calls_summary": calls},
         }
         mc.graph.update_state(mc.config(thread_id), values, as_node="respond")

@@ -85,7 +85,7 @@ def l0_turns(state: Mapping[str, Any]) -> list[Turn]:
     """Completed L0 turns with the tails they were sent with."""
     pairs = completed_pairs(state)
     done = int(state.get("turn") or 0)
-    metas = {int(m.get("turn", 0)): m for m in (state.get("l0_meta") or [])}
+    metas = {int(m.get("turn", 0)): m for m in (state.get("l0_shown") or [])}
     out = []
     for i, (h, a) in enumerate(pairs):
         n = done - len(pairs) + i + 1
@@ -115,9 +115,9 @@ def turn_prompt(state: Mapping[str, Any], config: RunnableConfig | None, eng: An
     notes of the tail, the turn's date and time)."""
     message = text_of(current_message(state))
     turns = l0_turns(state)
-    if state.get("memory_rebase"):
+    if state.get("drop_shown_memories"):
         turns = [t.bare() for t in turns]
-    head = state.get("head") or {}
+    head = state.get("frozen_head") or {}
     head_text = render_head(persona_of(state, eng.settings.persona), head.get("slots") or {}, head.get("l2"))
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")  # the turn's date and time, shown in the tail
     notes = [n for n in (describe_change(e) for e in state.get("slot_changes") or [] if not e.get("in_head")) if n]

@@ -16,7 +16,7 @@ from memchat.backends.extraction import take
 from memchat.memory.namespaces import public_user
 from memchat.memory.rules import extract_rules
 from memchat.memory.slots import keep_grounded
-from memchat.memory.state import Context, State
+from memchat.memory.state import Context, State, current_values, upgrade_state
 from memchat.nodes.common import current_message, text_of, thread_id, user_id
 
 
@@ -27,12 +27,13 @@ def extract_facts(state: State, config: RunnableConfig, runtime: Runtime[Context
     eng = engine
     human = current_message(state)
     text = text_of(human)
-    update: dict[str, Any] = {"user_id": public_user(user_id(state, config, runtime))}
+    # a checkpoint from before the state keys were renamed moves to the new names here, in the turn's first step
+    update: dict[str, Any] = {**upgrade_state(state), "user_id": public_user(user_id(state, config, runtime))}
     limit = eng.settings.max_message_tokens
     if eng.tokenizer.count(text) > limit:
         text = eng.tokenizer.truncate(text, limit)
         update["messages"] = [HumanMessage(content=text, id=human.id)]
         update["counters"] = {"truncated_messages": 1}
     cands = [c.as_dict() for c in extract_rules(text, "user")]
-    update["candidates"] = take(eng, thread_id(config), dict(state)) + keep_grounded(cands)
+    update["slot_candidates"] = take(eng, thread_id(config), current_values(state)) + keep_grounded(cands)
     return update

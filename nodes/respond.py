@@ -44,7 +44,7 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
                       usage_metadata=chunks.usage_metadata if chunks else None, response_metadata={"turn": turn})
     cached = cached_tokens(reply)
     conf = (config or {}).get("configurable") or {}
-    prev = conf.get("prev_context") or state.get("context") or {}  # MemChat passes the last turn's view
+    prev = conf.get("prev_context") or state.get("last_prompt") or {}  # MemChat passes the last turn's view
     reuse = prefix_reuse(eng.budget, prev.get("messages"), prev.get("reply"), asm.messages) if prev else 0.0
     docs = _side_effects(eng, runtime, state, tid, uid, turn, message, reply_text, date,
                          defer=bool(conf.get("defer_memory")))
@@ -60,8 +60,8 @@ def respond(state: State, config: RunnableConfig, runtime: Runtime[Context] | No
         "retrieved_ids": [m.get("id") for m in asm.memories],
     }
     return {
-        "messages": [reply], "turn": turn, "l0_meta": metas, "candidates": [], "pending_facts": [],
-        "memory_rebase": False,
+        "messages": [reply], "turn": turn, "l0_shown": metas, "slot_candidates": [], "llm_facts_to_store": [],
+        "drop_shown_memories": False,
         **views_update(tid, context, list(state.get("retrieved") or []), conf),
         "counters": {"turns": 1, "llm_calls_respond": 1, "prompt_tokens": prompt_tokens,
                      "cached_tokens": int(cached or 0)},
@@ -107,15 +107,15 @@ def _outbox(state: State, docs: list[MemoryDoc], carry: bool) -> list[dict[str, 
 
 def views_update(tid: str, context: dict[str, Any], retrieved: list[dict[str, Any]],
                  conf: dict[str, Any]) -> dict[str, Any]:
-    """The state's ``context`` and ``retrieved``. Under MemChat (``views_out``) the full last prompt and the
+    """The state's ``last_prompt`` and ``retrieved``. Under MemChat (``views_out``) the full last prompt and the
     retrievals go out on the custom stream (MemChat keeps them in one store entry per thread) and the state
     keeps a slim summary, so that checkpoints stay small; otherwise the state keeps them whole."""
     if not conf.get("views_out"):
-        return {"context": context, "retrieved": retrieved}
+        return {"last_prompt": context, "retrieved": retrieved}
     get_stream_writer()({"memchat_view": {"turn": context["turn"], "context": context, "retrieved": retrieved}})
     slim = {k: v for k, v in context.items() if k not in ("messages", "reply")}
     slim["extraction_key"] = turn_key(tid, context)
-    return {"context": slim, "retrieved": []}
+    return {"last_prompt": slim, "retrieved": []}
 
 
 def _receipt(state: State, request: Any, keep: int, reply: str, turn: int, usage: dict[str, Any], cached: Any,

@@ -31,7 +31,7 @@ def retrieve(state: State, config: RunnableConfig, runtime: Runtime[Context] | N
     turn = int(state.get("turn") or 0) + 1
     exclude |= {msg_id(tid, 2 * turn - 1), msg_id(tid, 2 * turn)}  # the current turn (a retried one)
     if content_free(query):  # "ok thanks", "好的。": nothing to search for, nothing to spend
-        return {"retrieved": [], "memory_rebase": False}
+        return {"retrieved": [], "drop_shown_memories": False}
     sticky = sum(eng.tokenizer.count(memory_line(m)) + 1 for t in turns for m in t.memories)
     # A statement adds at most the small per-turn share; a question the large one. Blocks stay
     # (append-only) until the next compaction strips them for free; when the window's memory has no
@@ -49,5 +49,5 @@ def retrieve(state: State, config: RunnableConfig, runtime: Runtime[Context] | N
     except Exception as exc:  # degrade: answer without recalled memories, and count it
         log.warning("retrieval failed: %s", exc)
         eng.metrics.inc("retrieval_failures")
-        return {"retrieved": [], "memory_rebase": False, "counters": {"retrieval_failures": 1}}
-    return {"retrieved": items, "memory_rebase": rebase}
+        return {"retrieved": [], "drop_shown_memories": False, "counters": {"retrieval_failures": 1}}
+    return {"retrieved": items, "drop_shown_memories": rebase}

@@ -139,7 +139,7 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine) -> dict[s
     l2 = state.get("l2")
     turns = l0_turns(state)
     pairs = completed_pairs(state)
-    pending = list(state.get("pending_facts") or [])
+    pending = list(state.get("llm_facts_to_store") or [])
     tid = thread_id(config)
     bg = bool(((config or {}).get("configurable") or {}).get("background_summaries"))
     res: Any = MISSING
@@ -158,7 +158,7 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine) -> dict[s
         update["messages"] = [RemoveMessage(id=str(m.id)) for pair in fold_pairs for m in pair]
         keep = {t.turn for t in turns[n:]}
         # the compaction re-renders everything after L1 anyway: drop the kept turns' memory blocks now
-        update["l0_meta"] = [dict(m, memories=[]) for m in (state.get("l0_meta") or [])
+        update["l0_shown"] = [dict(m, memories=[]) for m in (state.get("l0_shown") or [])
                              if int(m.get("turn", 0)) in keep]
     requested = bool(state.get("l2_requested"))
     due = l1_coverage(l1) >= s.l2_threshold + n or (requested and l1)
@@ -178,12 +178,12 @@ def summarize(state: State, config: RunnableConfig, *, engine: Engine) -> dict[s
         else:
             counters["summary_failures"] = counters.get("summary_failures", 0) + 1
     update["l1"] = l1
-    update["pending_facts"] = pending
+    update["llm_facts_to_store"] = pending
     # refreeze the head only at compaction, and only when what it shows changed
     persona = persona_of(state, s.persona)
     snap = head_snapshot(persona, state.get("slots") or {}, l2)
-    if snap != state.get("head"):
-        update["head"] = snap
+    if snap != state.get("frozen_head"):
+        update["frozen_head"] = snap
     update["counters"] = counters
     return update
 
@@ -207,12 +207,12 @@ def fold_all(eng: Engine, state: Mapping[str, Any], default_persona: str) -> dic
     if new_l2 is None:
         raise RuntimeError("the LLM could not produce the L2 summary; try again")
     update: dict[str, Any] = {"l2": new_l2, "l1": [], "counters": {"llm_calls_summary": 1},
-                              "head": head_snapshot(persona_of(state, default_persona), state.get("slots") or {}, new_l2)}
+                              "frozen_head": head_snapshot(persona_of(state, default_persona), state.get("slots") or {}, new_l2)}
     if older:
         pairs = completed_pairs(state)[: len(older)]
         update["messages"] = [RemoveMessage(id=str(m.id)) for p in pairs for m in p]
         keep = {t.turn for t in turns[len(older):]}
-        update["l0_meta"] = [m for m in state.get("l0_meta") or [] if int(m.get("turn", 0)) in keep]
+        update["l0_shown"] = [m for m in state.get("l0_shown") or [] if int(m.get("turn", 0)) in keep]
     return update
 
 

@@ -44,15 +44,15 @@ def update_slots(state: State, config: RunnableConfig, runtime: Runtime[Context]
             slots[item.key] = carried(item.value, tid)
     slots, ev = expire(slots, thread_id=tid, user_id=uid, turn=turn)
     events += ev
-    slots, ev = apply_operations(slots, list(state.get("candidates") or []), settings=eng.settings, thread_id=tid,
+    slots, ev = apply_operations(slots, list(state.get("slot_candidates") or []), settings=eng.settings, thread_id=tid,
                                  user_id=uid, turn=turn)
     events += ev
     persona = state.get("persona") or eng.settings.persona
-    head = state.get("head") or {}
+    head = state.get("frozen_head") or {}
     update: dict[str, Any] = {"slots": slots, "slot_changes": events,
                               "slot_log": (list(state.get("slot_log") or []) + events)[-LOG_LIMIT:]}
     removed = any(e["action"] in REMOVED and e["key"] in (head.get("slots") or {}) for e in events)
     if not head or head.get("persona") != persona or removed:
-        update["head"] = head_snapshot(persona, slots, state.get("l2"))
+        update["frozen_head"] = head_snapshot(persona, slots, state.get("l2"))
         update["slot_changes"] = [dict(e, in_head=True) for e in events]
     return update

@@ -62,7 +62,7 @@ class GraphOutput(BaseModel):
     slots: dict[str, Any] = Field(default_factory=dict)
     l1: list[dict[str, Any]] = Field(default_factory=list)
     l2: dict[str, Any] | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
+    last_prompt: dict[str, Any] = Field(default_factory=dict)
 
 
 CONFIG_SPECS = [

@@ -102,7 +102,7 @@ def _user_text(values: dict[str, Any]) -> str:
 
 def schedule(engine: Any, thread_id: str, values: dict[str, Any]) -> None:
     """Start the extraction of a saved turn in the background (no-op when the tier is off)."""
-    ctx = dict(values.get("context") or {})
+    ctx = dict(values.get("last_prompt") or {})
     key = turn_key(thread_id, ctx)
     if key is None or not engine.settings.extraction_enabled:
         return
@@ -114,7 +114,7 @@ def take(engine: Any, thread_id: str, state: dict[str, Any]) -> list[dict[str, A
     """The previous turn's operations, when they were computed for exactly that turn (waits while running)."""
     if not engine.settings.extraction_enabled:
         return []
-    key = turn_key(thread_id, state.get("context"))
+    key = turn_key(thread_id, state.get("last_prompt"))
     if key is None:
         return []
     # kept (bounded, oldest dropped): a next turn that fails and is retried finds them again

@@ -92,7 +92,7 @@ def memory_docs(state: Mapping[str, Any], tid: str, uid: str, turn: int, message
                   speaker="assistant", turn=turn, seq=2 * turn, date=date),
     ]
     # facts: only statements that carry one (no chit-chat such as "好的，我考虑一下。")
-    facts = [f for f in free_facts(message) if carries_fact(f)] + [str(p["text"]) for p in state.get("pending_facts") or []]
+    facts = [f for f in free_facts(message) if carries_fact(f)] + [str(p["text"]) for p in state.get("llm_facts_to_store") or []]
     docs += [MemoryDoc(id=fact_id(uid, f), text=f, user_id=uid, thread_id=tid, kind="fact", speaker="user", turn=turn,
                        date=date, scope="user") for f in dict.fromkeys(facts)]
     return docs

@@ -242,4 +242,4 @@ def head_snapshot(persona: str, slots: dict[str, Slot], l2: dict[str, Any] | Non
 
 def persona_of(state: Mapping[str, Any], default: str) -> str:
     """The persona a thread's prompt uses: the one frozen in its head, else the state's, else ``default``."""
-    return str((state.get("head") or {}).get("persona") or state.get("persona") or default)
+    return str((state.get("frozen_head") or {}).get("persona") or state.get("persona") or default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from langchain_core.messages import AnyMessage
@@ -57,19 +58,26 @@ class State(TypedDict, total=False):
     turn: int  # completed turns
     slots: dict[str, Slot]
     slot_log: list[dict[str, Any]]  # audit history (newest last, bounded)
-    candidates: list[dict[str, Any]]  # extracted this turn
+    slot_candidates: list[dict[str, Any]]  # slot operations extracted from this turn's message
     slot_changes: list[dict[str, Any]]  # applied this turn
-    head: dict[str, Any]  # frozen head: persona, slots snapshot, l2 (changes only at compaction)
+    frozen_head: dict[str, Any]  # the prompt head as frozen: persona, slots snapshot, l2 (changes only at compaction)
     l1: list[dict[str, Any]]  # {"from_turn", "to_turn", "text"}
     l2: dict[str, Any] | None
     l2_requested: bool
-    l0_meta: list[TurnMeta]
+    l0_shown: list[TurnMeta]  # what each verbatim (L0) turn was sent with: recalled memories, slot notes, date
     retrieved: list[dict[str, Any]]
-    memory_rebase: bool
-    pending_facts: list[dict[str, Any]]  # LLM-extracted facts waiting to be stored
-    context: dict[str, Any]  # the last prompt: messages, token counts per section, cache figures
+    drop_shown_memories: bool  # this prompt re-sends the L0 turns without the memory blocks shown with them
+    llm_facts_to_store: list[dict[str, Any]]  # LLM-extracted facts waiting to be stored with the next turn
+    last_prompt: dict[str, Any]  # the last prompt's figures: token counts per section, cache, latency
     outbox: list[dict[str, Any]]  # vector memories not yet known written (the last turn's, and earlier ones while the store was down)
     receipts: list[dict[str, Any]]  # results of the last turns sent with an idempotency key (bounded)
+    # checkpoints written before these keys were renamed: read once by upgrade_state, then cleared
+    head: dict[str, Any] | None
+    l0_meta: list[TurnMeta] | None
+    memory_rebase: bool | None
+    pending_facts: list[dict[str, Any]] | None
+    candidates: list[dict[str, Any]] | None
+    context: dict[str, Any] | None
     counters: Annotated[dict[str, int], merge_counters]
 
 
@@ -80,3 +88,25 @@ class Context(TypedDict, total=False):
     persona: str  # system persona for this run (else the thread's, else the configured default)
     llm_params: dict[str, Any]  # generation parameters for the reply (temperature, max_tokens, ...)
     request_context: str  # this request only: rendered in the prompt's tail, never stored
+
+
+RENAMED = {"head": "frozen_head", "l0_meta": "l0_shown", "memory_rebase": "drop_shown_memories",
+           "pending_facts": "llm_facts_to_store", "candidates": "slot_candidates", "context": "last_prompt"}
+
+
+def upgrade_state(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The update that moves a checkpoint's values from the old key names (before the renames in
+    :data:`RENAMED`) to the new ones and clears the old; empty for a current checkpoint."""
+    update: dict[str, Any] = {}
+    for old, new in RENAMED.items():
+        if values.get(old) is not None:
+            if values.get(new) is None:
+                update[new] = values[old]
+            update[old] = None
+    return update
+
+
+def current_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A state's values as the current keys name them (old checkpoints read through :func:`upgrade_state`)."""
+    out = {**values, **upgrade_state(values)}
+    return {k: v for k, v in out.items() if k not in RENAMED}

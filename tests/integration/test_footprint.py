@@ -72,7 +72,7 @@ def test_checkpoints_carry_no_prompt_and_views_survive_a_restart(settings: Setti
         mc.turn("v", f"Tell me about chess opening number {i}.", user_id="u")
     mc.turn("v", "Where is my sister's bakery?", user_id="u")
     values = mc.state("v")
-    assert "messages" not in values["context"] and values["retrieved"] == []  # out of the checkpoint
+    assert "messages" not in values["last_prompt"] and values["retrieved"] == []  # out of the checkpoint
     assert thread_bytes(mc.checkpointer, "v")["checkpoints"] == 13  # keep 0 = all
     again, _ = _make(settings, keep=0)  # a new process: the views come from the store
     ctx = again.context("v")
