@@ -161,86 +161,90 @@ def assemble(
 ) -> Assembled:
     """Build the prompt and enforce the hard budget (``limit`` defaults to ``settings.prompt_limit``)."""
     limit = settings.prompt_limit if limit is None else limit
-    mem_cap = settings.memory_tokens
     res = Assembled(messages=[], sections={}, memories=list(memories))
-    turns = list(turns)
-    l1 = list(l1)
-
-    def mem_tokens(items: list[dict[str, Any]]) -> int:
-        return sum(budget.tok.count(memory_line(m)) + 1 for m in items)
-
+    d = _Draft(budget, head, list(l1), list(turns), message, notes, now)
     # memory section cap: sticky blocks of L0 turns + the new block
-    sticky = sum(mem_tokens(t.memories) for t in turns)
-    if sticky + mem_tokens(res.memories) > mem_cap:
+    sticky = sum(d.mem_tokens(t.memories) for t in d.turns)
+    mem_cap = settings.memory_tokens
+    if sticky + d.mem_tokens(res.memories) > mem_cap:
         res.rebased = sticky > 0 and sticky > mem_cap // 2
         if res.rebased:
-            turns = [t.bare() for t in turns]
+            d.turns = [t.bare() for t in d.turns]
             sticky = 0
-        res.memories = _fit(res.memories, mem_cap - sticky, mem_tokens)
-
-    def build() -> list[Message]:
-        ms: list[Message] = [{"role": "system", "content": head}]
-        if l1:
-            ms.append({"role": "user", "content": render_l1(l1)})
-            ms.append({"role": "assistant", "content": load_prompt("l1_ack").strip()})
-        for t in turns:
-            ms.append({"role": "user", "content": render_tail(t.user, t.memories, t.notes, t.date)})
-            ms.append({"role": "assistant", "content": t.assistant})
-        ms.append({"role": "user", "content": render_tail(message, res.memories, notes, now)})
-        return ms
-
-    ms = build()
-    total = budget.messages(ms)
-    # 1) drop sticky memory blocks, 2) drop oldest verbatim turns, 3) oldest L1 lines, 4) shrink memories
-    if total > limit and any(t.memories for t in turns):
-        turns = [t.bare() for t in turns]
-        res.rebased = True
-        ms = build()
-        total = budget.messages(ms)
-    while total > limit and turns:
-        turns.pop(0)
-        res.dropped_turns += 1
-        ms = build()
-        total = budget.messages(ms)
-    while total > limit and l1:
-        l1.pop(0)
-        res.dropped_l1 += 1
-        ms = build()
-        total = budget.messages(ms)
-    while total > limit and res.memories:
-        res.memories = res.memories[: len(res.memories) // 2] if len(res.memories) > 1 else []
-        ms = build()
-        total = budget.messages(ms)
-    if total > limit:  # head, then the message itself, truncated with a visible marker
-        over = total - limit
-        head_tokens = budget.message({"role": "system", "content": head})
-        if head_tokens > limit // 2:
-            head = budget.tok.truncate(head, max(16, head_tokens - over))
-            ms = build()
-            total = budget.messages(ms)
-    if total > limit:
-        over = total - limit
-        msg_tokens = budget.tok.count(message)
-        message = budget.tok.truncate(message, max(0, msg_tokens - over - 8))
-        res.truncated_message = True
-        ms = build()
-        total = budget.messages(ms)
+        res.memories = _fit(res.memories, mem_cap - sticky, d.mem_tokens)
+    ms, total = _within(d, res, limit)
     if settings.llm_fold_system:
         ms = fold_system(ms)
         total = budget.messages(ms)
     res.messages = ms
     head_t = budget.message(ms[0]) if ms and ms[0]["role"] == "system" else 0
-    mem_t = sum(mem_tokens(t.memories) for t in turns) + mem_tokens(res.memories)
+    mem_t = sum(d.mem_tokens(t.memories) for t in d.turns) + d.mem_tokens(res.memories)
     tail_t = budget.message(ms[-1]) + budget._count("<|im_start|>assistant\n")
-    res.sections = {
-        "head": head_t,
-        "middle": total - head_t - tail_t,
-        "memory": mem_t,
-        "tail": tail_t,
-        "total": total,
-        "limit": limit,
-    }
+    res.sections = {"head": head_t, "middle": total - head_t - tail_t, "memory": mem_t, "tail": tail_t,
+                    "total": total, "limit": limit}
     return res
+
+
+@dataclass
+class _Draft:
+    """The prompt's parts while :func:`assemble` fits them to the budget."""
+
+    budget: Budget
+    head: str
+    l1: list[dict[str, Any]]
+    turns: list[Turn]
+    message: str
+    notes: list[str]
+    now: str
+
+    def mem_tokens(self, items: list[dict[str, Any]]) -> int:
+        return sum(self.budget.tok.count(memory_line(m)) + 1 for m in items)
+
+    def build(self, memories: list[dict[str, Any]]) -> tuple[list[Message], int]:
+        """The messages with these new memories, and their token count."""
+        ms: list[Message] = [{"role": "system", "content": self.head}]
+        if self.l1:
+            ms.append({"role": "user", "content": render_l1(self.l1)})
+            ms.append({"role": "assistant", "content": load_prompt("l1_ack").strip()})
+        for t in self.turns:
+            ms.append({"role": "user", "content": render_tail(t.user, t.memories, t.notes, t.date)})
+            ms.append({"role": "assistant", "content": t.assistant})
+        ms.append({"role": "user", "content": render_tail(self.message, memories, self.notes, self.now)})
+        return ms, self.budget.messages(ms)
+
+
+def _within(d: _Draft, res: Assembled, limit: int) -> tuple[list[Message], int]:
+    """Fit the prompt to ``limit``: 1) drop sticky memory blocks, 2) drop oldest verbatim turns, 3) oldest L1
+    lines, 4) shrink memories, 5) truncate a long head, 6) truncate the message itself (a visible marker)."""
+    ms, total = d.build(res.memories)
+    if total > limit and any(t.memories for t in d.turns):
+        d.turns = [t.bare() for t in d.turns]
+        res.rebased = True
+        ms, total = d.build(res.memories)
+    while total > limit and d.turns:
+        d.turns.pop(0)
+        res.dropped_turns += 1
+        ms, total = d.build(res.memories)
+    while total > limit and d.l1:
+        d.l1.pop(0)
+        res.dropped_l1 += 1
+        ms, total = d.build(res.memories)
+    while total > limit and res.memories:
+        res.memories = res.memories[: len(res.memories) // 2] if len(res.memories) > 1 else []
+        ms, total = d.build(res.memories)
+    if total > limit:
+        over = total - limit
+        head_tokens = d.budget.message({"role": "system", "content": d.head})
+        if head_tokens > limit // 2:
+            d.head = d.budget.tok.truncate(d.head, max(16, head_tokens - over))
+            ms, total = d.build(res.memories)
+    if total > limit:
+        over = total - limit
+        msg_tokens = d.budget.tok.count(d.message)
+        d.message = d.budget.tok.truncate(d.message, max(0, msg_tokens - over - 8))
+        res.truncated_message = True
+        ms, total = d.build(res.memories)
+    return ms, total
 
 
 def _fit(items: list[dict[str, Any]], cap: int, measure: Any) -> list[dict[str, Any]]:
