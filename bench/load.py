@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,6 @@ from memchat.bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_
 from memchat.bench.stack import SERVER_PIDS, memchat_server, stub_llm
 
 __all__ = ["main", "marker", "memchat_server", "run_load", "stub_llm"]
-
-# ---------------------------------------------------------------------------------------------
-# the load
 
 
 @dataclass
@@ -73,22 +71,33 @@ def marker(run: str, thread: int, turn: int) -> str:
     return f"[{run}-t{thread:03d}-n{turn:03d}]"
 
 
-def _read_stream(resp: httpx.Response, t0: float) -> tuple[str, float | None]:
+def _post_turn(client: httpx.Client, tid: str, body: dict[str, Any], stream: bool, t0: float) -> tuple[str, float | None, Any]:
+    """Send one turn: its reply, the time to its first token (streamed) and the recalled count (not streamed)."""
+    if not stream:
+        resp = client.post("/v1/chat/completions", json=body, headers={"X-Thread-ID": tid})
+        if resp.status_code != 200:
+            raise _Status(resp)
+        data = resp.json()
+        return data["choices"][0]["message"]["content"] or "", None, (data.get("memchat") or {}).get("retrieved")
     parts: list[str] = []
     first: float | None = None
-    for line in resp.iter_lines():
-        if not line.startswith("data: {"):
-            continue
-        data = json.loads(line[6:])
-        if "error" in data:
-            raise RuntimeError(f"stream error: {data['error'].get('code')}")
-        for choice in data.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                if first is None:
-                    first = time.perf_counter() - t0
-                parts.append(text)
-    return "".join(parts), first
+    with client.stream("POST", "/v1/chat/completions", json=body, headers={"X-Thread-ID": tid}) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise _Status(resp)
+        for line in resp.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            if "error" in data:
+                raise RuntimeError(f"stream error: {data['error'].get('code')}")
+            for choice in data.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    parts.append(text)
+    return "".join(parts), first, None
 
 
 def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, users: int = 0, stream: bool = False,
@@ -103,7 +112,6 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
     server's N, to split the first-token times of compaction turns (2N+1, 3N+1, …) from the others. ``cpu``:
     the server's CPU seconds so far (:func:`server_cpu`), read around the timed part."""
     run = run or secrets.token_hex(2)
-    pattern = re.compile(rf"\[{re.escape(run)}-t(\d{{3}})-n(\d{{3}})\]")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     tally = Tally()
     tids = [f"load-{run}-{i:03d}" for i in range(threads)]
@@ -114,66 +122,63 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
                     json={"model": "memchat", "user": f"load-{run}-warmup",
                           "messages": [{"role": "user", "content": "warm-up: how does this work?"}]})
     before = _scrape(client)
-
-    def foreign(text: str, own: int) -> list[str]:
-        return [m.group(0) for m in pattern.finditer(text) if int(m.group(1)) != own]
-
-    def conversation(i: int) -> None:
-        user = f"load-{run}-u{(i % users) if users else i:03d}"
-        for n in range(1, turns + 1):
-            mark = marker(run, i, n)
-            body = {"model": "memchat", "user": user, "stream": stream,
-                    "messages": [{"role": "user", "content": f"{mark} question {n}: how does step {n} work?"}]}
-            t0 = time.perf_counter()
-            try:
-                if stream:
-                    with client.stream("POST", "/v1/chat/completions", json=body,
-                                       headers={"X-Thread-ID": tids[i]}) as resp:
-                        if resp.status_code != 200:
-                            resp.read()
-                            raise _Status(resp)
-                        reply, first = _read_stream(resp, t0)
-                        recalled = None
-                else:
-                    resp = client.post("/v1/chat/completions", json=body, headers={"X-Thread-ID": tids[i]})
-                    if resp.status_code != 200:
-                        raise _Status(resp)
-                    data = resp.json()
-                    reply, first = data["choices"][0]["message"]["content"] or "", None
-                    recalled = (data.get("memchat") or {}).get("retrieved")
-            except _Status as exc:
-                with tally.lock:
-                    tally.errors[str(exc.status)] += 1
-                tally.problem(f"{tids[i]} turn {n}: HTTP {exc.status} {exc.text[:160]}", crosstalk=False)
-                continue
-            except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
-                with tally.lock:
-                    tally.errors[type(exc).__name__] += 1
-                tally.problem(f"{tids[i]} turn {n}: {type(exc).__name__}: {exc}", crosstalk=False)
-                continue
-            elapsed = time.perf_counter() - t0
-            with tally.lock:
-                tally.ok += 1
-                tally.latencies.append(elapsed)
-                if first is not None:
-                    compaction = n > 2 * l0_turns and (n - 1) % l0_turns == 0
-                    (tally.compaction_ttfts if compaction else tally.ttfts).append(first)
-            if on_turn is not None:
-                on_turn()
-            for other in foreign(reply, i):
-                tally.problem(f"{tids[i]} turn {n}: the reply carries {other}")
-            if echo and (strict or recalled == 0) and mark not in reply:
-                tally.problem(f"{tids[i]} turn {n}: the reply lacks {mark}: {reply[:80]!r}")
-
+    conversation = partial(_conversation, client, tally, run, turns=turns, users=users, stream=stream, echo=echo,
+                           strict=strict, l0_turns=l0_turns, on_turn=on_turn)
     cpu0 = cpu() if cpu else None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="load") as pool:
-        list(pool.map(conversation, range(threads)))
+        list(pool.map(conversation, range(threads), tids))
     wall = time.perf_counter() - t0
     cpu1 = cpu() if cpu else None
+    lost = _check_memory(client, tally, run, tids, turns)
+    after = _scrape(client)
+    client.close()
+    return _result(tally, run, threads, turns, stream, lost, wall, cpu0, cpu1, before, after)
 
+
+def _foreign(text: str, run: str, own: int) -> list[str]:
+    """The markers of this run's other threads in ``text``."""
+    pattern = re.compile(rf"\[{re.escape(run)}-t(\d{{3}})-n(\d{{3}})\]")
+    return [m.group(0) for m in pattern.finditer(text) if int(m.group(1)) != own]
+
+
+def _conversation(client: httpx.Client, tally: Tally, run: str, i: int, tid: str, *, turns: int, users: int,
+                  stream: bool, echo: bool, strict: bool, l0_turns: int, on_turn: Callable[[], None] | None) -> None:
+    """Thread ``i``'s turns, each timed and its reply checked for its own marker and other threads'."""
+    user = f"load-{run}-u{(i % users) if users else i:03d}"
+    for n in range(1, turns + 1):
+        mark = marker(run, i, n)
+        body = {"model": "memchat", "user": user, "stream": stream,
+                "messages": [{"role": "user", "content": f"{mark} question {n}: how does step {n} work?"}]}
+        t0 = time.perf_counter()
+        try:
+            reply, first, recalled = _post_turn(client, tid, body, stream, t0)
+        except (_Status, httpx.HTTPError, RuntimeError, ValueError, KeyError) as exc:
+            kind = str(exc.status) if isinstance(exc, _Status) else type(exc).__name__
+            with tally.lock:
+                tally.errors[kind] += 1
+            why = f"HTTP {exc.status} {exc.text[:160]}" if isinstance(exc, _Status) else f"{kind}: {exc}"
+            tally.problem(f"{tid} turn {n}: {why}", crosstalk=False)
+            continue
+        elapsed = time.perf_counter() - t0
+        with tally.lock:
+            tally.ok += 1
+            tally.latencies.append(elapsed)
+            if first is not None:
+                compaction = n > 2 * l0_turns and (n - 1) % l0_turns == 0
+                (tally.compaction_ttfts if compaction else tally.ttfts).append(first)
+        if on_turn is not None:
+            on_turn()
+        for other in _foreign(reply, run, i):
+            tally.problem(f"{tid} turn {n}: the reply carries {other}")
+        if echo and (strict or recalled == 0) and mark not in reply:
+            tally.problem(f"{tid} turn {n}: the reply lacks {mark}: {reply[:80]!r}")
+
+
+def _check_memory(client: httpx.Client, tally: Tally, run: str, tids: list[str], turns: int) -> int:
+    """Check what the server kept of each thread (its turns, in order, nothing foreign); the turns lost."""
     lost = 0
-    for i, tid in enumerate(tids):  # what the server kept
+    for i, tid in enumerate(tids):
         r = client.get(f"/v1/threads/{tid}/memory")
         if r.status_code != 200:
             lost += turns
@@ -193,11 +198,14 @@ def run_load(base: str, key: str | None, *, threads: int = 50, turns: int = 20, 
         for item in mem.get("retrieved") or []:
             if item.get("kind") == "turn" and item.get("thread_id") != tid:
                 tally.problem(f"{tid}: recalled a turn of {item.get('thread_id')}")
-        for other in foreign(json.dumps(mem, ensure_ascii=False), i):
+        for other in _foreign(json.dumps(mem, ensure_ascii=False), run, i):
             tally.problem(f"{tid}: its memory holds {other}")
-    after = _scrape(client)
-    client.close()
+    return lost
 
+
+def _result(tally: Tally, run: str, threads: int, turns: int, stream: bool, lost: int, wall: float, cpu0: float | None,
+            cpu1: float | None, before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any]:
+    """The JSON payload: counts, throughput, latency, server CPU, first-token times, server metrics."""
     lat = [x * 1000 for x in tally.latencies]
     out: dict[str, Any] = {
         "bench": "load", "run": run, "threads": threads, "turns_per_thread": turns, "stream": stream,
@@ -249,10 +257,6 @@ def _scrape(client: httpx.Client) -> dict[str, float] | None:
         return samples(r.text)
     except (httpx.HTTPError, ValueError, ImportError):
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
 
 
 def table(res: dict[str, Any], where: str) -> Table:

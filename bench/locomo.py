@@ -42,6 +42,7 @@ from memchat.memory.prompt import memory_line
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "locomo" / "locomo_dev.json"
 CATEGORIES = (1, 2, 3, 4)
+_METHODS = ("memchat", "recency", "dense")
 _EVIDENCE = re.compile(r"D\d+:\d+")
 
 
@@ -132,65 +133,89 @@ def as_item(u: Utterance, tid: str) -> dict[str, Any]:
                 thread_id=tid)
 
 
+@dataclass
+class _Tally:
+    """What the questions found, per method and category, and the store and recall timings."""
+
+    hits: dict[str, dict[int, list[bool]]] = field(
+        default_factory=lambda: {m: {c: [] for c in CATEGORIES} for m in _METHODS})
+    tokens: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in _METHODS})
+    lines: dict[str, list[int]] = field(default_factory=lambda: {m: [] for m in _METHODS})
+    dense_uncut_hits: list[bool] = field(default_factory=list)
+    dense_uncut_tokens: list[int] = field(default_factory=list)
+    recall_s: list[float] = field(default_factory=list)
+    unreachable: int = 0
+    n_utts: int = 0
+    t_store: float = 0.0
+
+    def share(self, name: str, cat: int | None = None) -> float:
+        """The share of ``name``'s questions (of category ``cat``, or all) with all their evidence recalled."""
+        xs = [x for c in CATEGORIES if cat in (None, c) for x in self.hits[name][c]]
+        return round(mean([float(x) for x in xs]), 4)
+
+
 def run(data: Path, budget: int, limit_conversations: int | None = None, limit_questions: int | None = None,
         dense_k: int = 50, quiet: bool = False, plot: bool = True,
         settings_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the JSON payload."""
     convs = load(data, limit_conversations)
-    methods = ("memchat", "recency", "dense")
-    hits: dict[str, dict[int, list[bool]]] = {m: {c: [] for c in CATEGORIES} for m in methods}
-    tokens: dict[str, list[int]] = {m: [] for m in methods}
-    lines: dict[str, list[int]] = {m: [] for m in methods}
-    dense_uncut_hits: list[bool] = []
-    dense_uncut_tokens: list[int] = []
-    recall_s: list[float] = []
-    unreachable = 0
-    n_utts = 0
-    t_store = 0.0
+    tally = _Tally()
     with temp_data_dir("locomo") as tmp:
         settings = bench_settings(tmp, **(settings_overrides or {}))
         eng = Engine(settings, llm=StubChatModel())
         mem: Any = eng.memory
         for conv in convs:
-            tid = uid = conv.sample_id
-            by_seq = {u.seq: u for u in conv.utterances}
-            id_to_dia = {msg_id(tid, u.seq): u.dia_id for u in conv.utterances}
-            known = {u.dia_id for u in conv.utterances}
-            t0 = time.perf_counter()
-            for u in progress(conv.utterances, desc=f"store {tid}", quiet=quiet):
-                eng.store_docs([MemoryDoc(id=msg_id(tid, u.seq), text=u.text, user_id=uid, thread_id=tid,
-                                          kind="turn", speaker=u.speaker, turn=u.seq, seq=u.seq, date=u.date)])
-            t_store += time.perf_counter() - t0
-            n_utts += len(conv.utterances)
-            recency = fill(eng, [as_item(by_seq[s], tid) for s in sorted(by_seq, reverse=True)], budget)
-            qs = conv.questions[: limit_questions or None]
-            for q in progress(qs, desc=f"ask {tid}", quiet=quiet):
-                ev = evidence_ids(q)
-                cat = int(q["category"])
-                if not ev <= known:
-                    unreachable += 1
-                t0 = time.perf_counter()
-                items = eng.recall(str(q["question"]), user_id=uid, thread_id=tid, budget_tokens=budget)
-                recall_s.append(time.perf_counter() - t0)
-                dense = [as_item(by_seq[d.seq], tid) for d, _ in mem.dense(str(q["question"]), uid, tid, dense_k)
-                         if d.seq in by_seq]
-                dense_cut = fill(eng, dense, budget)
-                for name, chosen in (("memchat", items), ("recency", recency), ("dense", dense_cut)):
-                    got = {id_to_dia.get(str(it["id"]), "") for it in chosen}
-                    hits[name][cat].append(ev <= got)
-                    tokens[name].append(sum(line_cost(eng, it) for it in chosen))
-                    lines[name].append(len(chosen))
-                dense_uncut_hits.append(ev <= {id_to_dia.get(str(it["id"]), "") for it in dense})
-                dense_uncut_tokens.append(sum(line_cost(eng, it) for it in dense))
+            _conversation(eng, mem, conv, tally, budget=budget, limit_questions=limit_questions, dense_k=dense_k,
+                          quiet=quiet)
+    payload = _payload(tally, settings.vector_store, budget=budget, dense_k=dense_k,
+                       settings_overrides=settings_overrides, conversations=len(convs))
+    if plot and payload["questions"]:
+        payload["plot"] = str(_plot(payload))
+    return payload
 
-    def share(name: str, cat: int | None = None) -> float:
-        xs = [x for c in CATEGORIES if cat in (None, c) for x in hits[name][c]]
-        return round(mean([float(x) for x in xs]), 4)
 
-    n_q = sum(len(hits["memchat"][c]) for c in CATEGORIES)
-    payload: dict[str, Any] = {
+def _conversation(eng: Engine, mem: Any, conv: Conversation, tally: _Tally, *, budget: int,
+                  limit_questions: int | None, dense_k: int, quiet: bool) -> None:
+    """Store one conversation's utterances, then ask its questions of the engine and the two baselines."""
+    tid = uid = conv.sample_id
+    by_seq = {u.seq: u for u in conv.utterances}
+    id_to_dia = {msg_id(tid, u.seq): u.dia_id for u in conv.utterances}
+    known = {u.dia_id for u in conv.utterances}
+    t0 = time.perf_counter()
+    for u in progress(conv.utterances, desc=f"store {tid}", quiet=quiet):
+        eng.store_docs([MemoryDoc(id=msg_id(tid, u.seq), text=u.text, user_id=uid, thread_id=tid,
+                                  kind="turn", speaker=u.speaker, turn=u.seq, seq=u.seq, date=u.date)])
+    tally.t_store += time.perf_counter() - t0
+    tally.n_utts += len(conv.utterances)
+    recency = fill(eng, [as_item(by_seq[s], tid) for s in sorted(by_seq, reverse=True)], budget)
+    qs = conv.questions[: limit_questions or None]
+    for q in progress(qs, desc=f"ask {tid}", quiet=quiet):
+        ev = evidence_ids(q)
+        cat = int(q["category"])
+        if not ev <= known:
+            tally.unreachable += 1
+        t0 = time.perf_counter()
+        items = eng.recall(str(q["question"]), user_id=uid, thread_id=tid, budget_tokens=budget)
+        tally.recall_s.append(time.perf_counter() - t0)
+        dense = [as_item(by_seq[d.seq], tid) for d, _ in mem.dense(str(q["question"]), uid, tid, dense_k)
+                 if d.seq in by_seq]
+        dense_cut = fill(eng, dense, budget)
+        for name, chosen in (("memchat", items), ("recency", recency), ("dense", dense_cut)):
+            got = {id_to_dia.get(str(it["id"]), "") for it in chosen}
+            tally.hits[name][cat].append(ev <= got)
+            tally.tokens[name].append(sum(line_cost(eng, it) for it in chosen))
+            tally.lines[name].append(len(chosen))
+        tally.dense_uncut_hits.append(ev <= {id_to_dia.get(str(it["id"]), "") for it in dense})
+        tally.dense_uncut_tokens.append(sum(line_cost(eng, it) for it in dense))
+
+
+def _payload(tally: _Tally, store: str, *, budget: int, dense_k: int, settings_overrides: dict[str, Any] | None,
+             conversations: int) -> dict[str, Any]:
+    """The JSON payload (without the plot) from what the questions found."""
+    share, tokens, hits = tally.share, tally.tokens, tally.hits
+    return {
         "overall": share("memchat"),
-        "store": settings.vector_store,
+        "store": store,
         "per_category": {str(c): share("memchat", c) for c in CATEGORIES},
         "mean_memory_tokens": round(mean([float(t) for t in tokens["memchat"]]), 1),
         "baselines": {
@@ -198,23 +223,20 @@ def run(data: Path, budget: int, limit_conversations: int | None = None, limit_q
                    "mean_memory_tokens": round(mean([float(t) for t in tokens[name]]), 1)}
             for name in ("recency", "dense")
         },
-        "dense_top_k_uncut": {"k": dense_k, "overall": round(mean([float(x) for x in dense_uncut_hits]), 4),
-                              "mean_memory_tokens": round(mean([float(t) for t in dense_uncut_tokens]), 1)},
+        "dense_top_k_uncut": {"k": dense_k, "overall": round(mean([float(x) for x in tally.dense_uncut_hits]), 4),
+                              "mean_memory_tokens": round(mean([float(t) for t in tally.dense_uncut_tokens]), 1)},
         "budget": budget,
         "settings_overrides": settings_overrides or {},
         "max_memory_tokens": max(tokens["memchat"], default=0),
-        "mean_lines": round(mean([float(x) for x in lines["memchat"]]), 1),
-        "questions": n_q,
+        "mean_lines": round(mean([float(x) for x in tally.lines["memchat"]]), 1),
+        "questions": sum(len(hits["memchat"][c]) for c in CATEGORIES),
         "questions_per_category": {str(c): len(hits["memchat"][c]) for c in CATEGORIES},
-        "unreachable_questions": unreachable,
-        "conversations": len(convs),
-        "utterances": n_utts,
-        "store_ms_per_utterance": round(1000 * t_store / max(1, n_utts), 2),
-        "recall_ms_mean": round(1000 * mean(recall_s), 2),
+        "unreachable_questions": tally.unreachable,
+        "conversations": conversations,
+        "utterances": tally.n_utts,
+        "store_ms_per_utterance": round(1000 * tally.t_store / max(1, tally.n_utts), 2),
+        "recall_ms_mean": round(1000 * mean(tally.recall_s), 2),
     }
-    if plot and n_q:
-        payload["plot"] = str(_plot(payload))
-    return payload
 
 
 def _plot(p: dict[str, Any]) -> Path:

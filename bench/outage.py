@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,61 +72,16 @@ def run_outage(base: str, key: str | None, cuts: dict[str, TcpProxy], *, threads
     run = Run()
     tids = [f"outage-{run_id}-{i:03d}" for i in range(threads)]
     stop = threading.Event()
-
-    def conversation(i: int) -> None:  # at least ``turns`` turns, and on until every store has been back a while
-        n = 0
-        while n < turns or not stop.is_set():
-            n += 1
-            body = {"model": "memchat", "user": f"outage-{run_id}-u{i}",
-                    "messages": [{"role": "user", "content": f"{marker(run_id, i, n)} question {n}: how does "
-                                  f"step {n} work?"}]}
-            give_up = time.monotonic() + turn_limit
-            while time.monotonic() < give_up:
-                t0 = time.monotonic()
-                try:
-                    resp: httpx.Response | None = client.post(
-                        "/v1/chat/completions", json=body,
-                        headers={"X-Thread-ID": tids[i], "Idempotency-Key": f"{tids[i]}-{n}"})
-                except httpx.HTTPError:
-                    resp = None
-                run.saw(resp, time.monotonic() - t0)
-                if resp is not None and resp.status_code == 200:
-                    with run.lock:
-                        run.acked[tids[i]] = n
-                    break
-                if resp is not None and resp.status_code not in RETRY_CODES:
-                    return  # a 500 or a 4xx: reported, the conversation stops
-                time.sleep(0.3)
-            else:
-                return
-
+    conversation = partial(_conversation, client, run, run_id, stop, turns=turns, turn_limit=turn_limit)
     outages: list[dict[str, Any]] = []
-
-    def cutter() -> None:
-        time.sleep(gap)
-        for name, proxy in cuts.items():
-            if stop.is_set():
-                return
-            t_down = time.monotonic()
-            proxy.down()
-            time.sleep(down)
-            proxy.up()
-            t_up = time.monotonic()
-            outages.append({"store": name, "down_s": round(t_up - t_down, 1), "_up": t_up})
-            time.sleep(gap)
-        stop.set()
-
     t0 = time.monotonic()
-    cut = threading.Thread(target=cutter, daemon=True)
+    cut = threading.Thread(target=_cutter, args=(cuts, outages, stop, down, gap), daemon=True)
     cut.start()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(conversation, range(threads)))
+        list(pool.map(conversation, range(threads), tids))
     cut.join(2 * down + 4 * gap)
     wall = time.monotonic() - t0
-    for o in outages:  # recovery: from the store's return to the first answered turn after it
-        after = [t for t in run.answered if t >= o["_up"]]
-        o["recovery_s"] = round(min(after) - o["_up"], 2) if after else None
-        del o["_up"]
+    _recovery(outages, run.answered)
     drained = _drain(client)
     checks = _check(client, tids, run, turns, lambda i, n: marker(run_id, i, n))
     client.close()
@@ -133,6 +89,63 @@ def run_outage(base: str, key: str | None, cuts: dict[str, TcpProxy], *, threads
             "requests": sum(run.status.values()), "status": dict(run.status),
             "http_500": sum(v for k, v in run.status.items() if k.startswith("500")),
             "slowest_request_s": round(run.slowest, 2), "outages": outages, "outbox_drained_s": drained, **checks}
+
+
+def _conversation(client: httpx.Client, run: Run, run_id: str, stop: threading.Event, i: int, tid: str, *,
+                  turns: int, turn_limit: float) -> None:
+    """Thread ``i``: at least ``turns`` turns, and on until every store has been back a while (``stop``).
+
+    A turn answered 503/409/504 (or not at all) is retried with the same ``Idempotency-Key`` for up to
+    ``turn_limit`` seconds; any other error stops the conversation (it is reported)."""
+    n = 0
+    while n < turns or not stop.is_set():
+        n += 1
+        body = {"model": "memchat", "user": f"outage-{run_id}-u{i}",
+                "messages": [{"role": "user", "content": f"{marker(run_id, i, n)} question {n}: how does "
+                              f"step {n} work?"}]}
+        give_up = time.monotonic() + turn_limit
+        while time.monotonic() < give_up:
+            t0 = time.monotonic()
+            try:
+                resp: httpx.Response | None = client.post(
+                    "/v1/chat/completions", json=body, headers={"X-Thread-ID": tid, "Idempotency-Key": f"{tid}-{n}"})
+            except httpx.HTTPError:
+                resp = None
+            run.saw(resp, time.monotonic() - t0)
+            if resp is not None and resp.status_code == 200:
+                with run.lock:
+                    run.acked[tid] = n
+                break
+            if resp is not None and resp.status_code not in RETRY_CODES:
+                return  # a 500 or a 4xx: reported, the conversation stops
+            time.sleep(0.3)
+        else:
+            return
+
+
+def _cutter(cuts: dict[str, TcpProxy], outages: list[dict[str, Any]], stop: threading.Event, down: float,
+            gap: float) -> None:
+    """Take each proxy down for ``down`` seconds in turn, ``gap`` seconds apart; note each outage; then ``stop``."""
+    time.sleep(gap)
+    for name, proxy in cuts.items():
+        if stop.is_set():
+            return
+        t_down = time.monotonic()
+        proxy.down()
+        time.sleep(down)
+        proxy.up()
+        t_up = time.monotonic()
+        outages.append({"store": name, "down_s": round(t_up - t_down, 1), "_up": t_up})
+        time.sleep(gap)
+    stop.set()
+
+
+def _recovery(outages: list[dict[str, Any]], answered: list[float]) -> None:
+    """Add each outage's recovery: from the store's return to the first answered turn after it."""
+    for o in outages:
+        after = [t for t in answered if t >= o["_up"]]
+        o["recovery_s"] = round(min(after) - o["_up"], 2) if after else None
+        del o["_up"]
 
 
 def _drain(client: httpx.Client, limit: float = 60.0) -> float | None:
