@@ -166,27 +166,18 @@ class MemChat:
             last = self.views.load(thread_id, turn - 1)
             if last:
                 cfg["configurable"]["prev_context"] = last.get("context")
-            view: dict[str, Any] = {}
             inp: dict[str, Any] = {"messages": [HumanMessage(content=message, id=f"user:{thread_id}:{turn}")]}
             if persona is not None:
                 inp["persona"] = persona
             if user_id:
                 inp["user_id"] = user_id
-            final: dict[str, Any] = {}
+            out: dict[str, Any] = {"final": {}, "view": {}}
             try:
-                for mode, data in self.graph.stream(inp, cfg, stream_mode=["messages", "values", "custom"],  # type: ignore[call-overload]
-                                                    durability="exit",
-                                                    context=self.run_context(user_id, llm_params, context)):
-                    if mode == "messages":
-                        chunk, meta = data  # type: ignore[misc,str-unpack]
-                        if meta.get("langgraph_node") == "respond" and "memchat:respond" in (meta.get("tags") or []):  # type: ignore[union-attr]
-                            text = text_of(chunk)  # type: ignore[arg-type]
-                            if text:
-                                yield text
-                    elif mode == "values":
-                        final = data  # type: ignore[assignment]
-                    elif mode == "custom" and isinstance(data, dict) and "memchat_view" in data:
-                        view = data["memchat_view"]
+                yield from _reply_tokens(self.graph.stream(inp, cfg, stream_mode=["messages", "values", "custom"],  # type: ignore[call-overload]
+                                                           durability="exit",
+                                                           context=self.run_context(user_id, llm_params, context)),
+                                         out)
+                final, view = out["final"], out["view"]
                 if int(final.get("turn") or 0) != turn:
                     raise RuntimeError("the turn did not complete")
                 if until is not None and time.monotonic() > until:  # the client was told 504: undo it
@@ -318,6 +309,21 @@ class MemChat:
     def delete_user(self, user_id: str) -> dict[str, Any]:
         """Forget a user everywhere (:func:`memchat.forgetting.forget_user`)."""
         return forget_user(self, user_id)
+
+
+def _reply_tokens(stream: Iterator[Any], out: dict[str, Any]) -> Iterator[str]:
+    """The reply's tokens from a turn's graph stream; ``out`` gets the final state and the turn's view."""
+    for mode, data in stream:
+        if mode == "messages":
+            chunk, meta = data
+            if meta.get("langgraph_node") == "respond" and "memchat:respond" in (meta.get("tags") or []):
+                text = text_of(chunk)
+                if text:
+                    yield text
+        elif mode == "values":
+            out["final"] = data
+        elif mode == "custom" and isinstance(data, dict) and "memchat_view" in data:
+            out["view"] = data["memchat_view"]
 
 
 def _replay(thread_id: str, rec: dict[str, Any]) -> TurnResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -80,65 +80,21 @@ async def observed(items: AsyncGenerator[Any, None], obs: TurnObserver, plan: Ch
 
 async def answer(server: Server, plan: ChatPlan) -> Response:
     """Run the request (stateful turn or stateless call) and answer plainly or as SSE."""
-    mc = server.memchat
-    extra: dict[str, Any] = {}
-    more: dict[str, str] = {}  # what happened to history sent with a thread (imported / ignored)
     obs = server.metrics.turn("thread" if plan.thread_id else "stateless")
     cid, created = new_completion_id(), int(time.time())
     try:
-        if plan.thread_id:
-            tid = plan.thread_id
-            receipt = {"id": cid, "created": created}
-            more = await server.call(prepare_thread, mc, plan)
-            server.gate.enter(tid)  # 409 thread_busy at once when the thread's queue is full
-
-            def make() -> Iterator[Any]:
-                it = mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
-                                    llm_params=plan.llm_params or None, idempotency_key=plan.idempotency_key,
-                                    receipt=receipt, context=plan.context)
-                return server.gate.wrap(tid, undo_import_on_failure(mc, tid, it) if IMPORTED_HEADER in more else it)
-            cancel = False
-        elif plan.user_id:  # stateless with a user: that user's long-term memory is used and updated
-            uid = plan.user_id
-            prompt = await server.call(build_user_prompt, mc, plan.persona or mc.settings.persona, plan.history,
-                                       plan.message, uid, plan.context)
-            extra = dict(prompt.info(), user=uid)
-
-            def make() -> Iterator[Any]:
-                return stream_and_remember(mc, prompt, plan.llm_params, uid, plan.history, plan.message)
-            cancel = True
-        else:
-            prompt = await server.call(build_prompt, mc.engine, plan.persona or mc.settings.persona,
-                                       plan.history, plan.message, context=plan.context)
-            extra = prompt.info()
-
-            def make() -> Iterator[Any]:
-                return stream_answer(mc.engine, prompt, plan.llm_params)
-            cancel = True
+        make, cancel, extra, more = await _source(server, plan, {"id": cid, "created": created})
     except Exception as exc:
         err = api_error(exc, plan.thread_id)
         obs.failed(err.code or "error")
         raise err from exc
-
     items = observed(faults.bounded(iterate_in_thread(server, make, cancel_on_close=cancel), deadline.current(),
-                                    server.settings.turn_timeout), obs, plan, mc, extra)
+                                    server.settings.turn_timeout), obs, plan, server.memchat, extra)
     headers = {"X-Thread-ID": plan.thread_id} if plan.thread_id and _header_safe(plan.thread_id) else {}
     headers.update(more)
     model = plan.req.model or MODEL_ID
     if not plan.req.stream:
-        try:
-            async for item in items:
-                if isinstance(item, Outcome):
-                    body = completion_body(cid, model, item.reply, item.finish, item.usage, item.extra)
-                    body["created"] = created  # what a replay of a keyed turn answers too
-                    if item.receipt:  # a replayed turn: its first answer's id and time
-                        body.update(id=item.receipt.get("id") or cid, created=item.receipt.get("created") or created)
-                    return JSONResponse(jsonable_encoder(body), headers=headers)
-            raise RuntimeError("the turn ended without a result")
-        except Exception as exc:
-            raise api_error(exc, plan.thread_id) from exc
-        finally:
-            await items.aclose()
+        return await _plain(items, plan, cid, model, created, headers)
     try:  # peek at the first item so that errors before any output keep their HTTP status
         first = await anext(items)
     except StopAsyncIteration as exc:
@@ -151,6 +107,50 @@ async def answer(server: Server, plan: ChatPlan) -> Response:
         cid, created = first.receipt.get("id") or cid, first.receipt.get("created") or created
     return StreamingResponse(stream_completion(first, items, plan, cid, model, created), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _source(server: Server, plan: ChatPlan, receipt: dict[str, Any]
+                  ) -> tuple[Callable[[], Iterator[Any]], bool, dict[str, Any], dict[str, str]]:
+    """What answers the request: (the sync iterator to run in a worker, whether a client that leaves may cut
+    it, the prompt's figures for a stateless call, headers on what happened to history sent with a thread)."""
+    mc = server.memchat
+    if plan.thread_id:
+        tid = plan.thread_id
+        more = await server.call(prepare_thread, mc, plan)  # history sent with a thread: imported / ignored
+        server.gate.enter(tid)  # 409 thread_busy at once when the thread's queue is full
+
+        def turn() -> Iterator[Any]:
+            it = mc.stream_turn(tid, plan.message, user_id=plan.user_id, persona=plan.persona,
+                                llm_params=plan.llm_params or None, idempotency_key=plan.idempotency_key,
+                                receipt=receipt, context=plan.context)
+            return server.gate.wrap(tid, undo_import_on_failure(mc, tid, it) if IMPORTED_HEADER in more else it)
+        return turn, False, {}, more  # a memchat turn always finishes and is saved whole
+    persona = plan.persona or mc.settings.persona
+    if plan.user_id:  # stateless with a user: that user's long-term memory is used and updated
+        uid = plan.user_id
+        prompt = await server.call(build_user_prompt, mc, persona, plan.history, plan.message, uid, plan.context)
+        return (lambda: stream_and_remember(mc, prompt, plan.llm_params, uid, plan.history, plan.message),
+                True, dict(prompt.info(), user=uid), {})
+    prompt = await server.call(build_prompt, mc.engine, persona, plan.history, plan.message, context=plan.context)
+    return lambda: stream_answer(mc.engine, prompt, plan.llm_params), True, prompt.info(), {}
+
+
+async def _plain(items: AsyncGenerator[Any, None], plan: ChatPlan, cid: str, model: str, created: int,
+                 headers: dict[str, str]) -> Response:
+    """The non-streamed answer: one completion body (a replayed keyed turn answers its first id and time)."""
+    try:
+        async for item in items:
+            if isinstance(item, Outcome):
+                body = completion_body(cid, model, item.reply, item.finish, item.usage, item.extra)
+                body["created"] = created
+                if item.receipt:
+                    body.update(id=item.receipt.get("id") or cid, created=item.receipt.get("created") or created)
+                return JSONResponse(jsonable_encoder(body), headers=headers)
+        raise RuntimeError("the turn ended without a result")
+    except Exception as exc:
+        raise api_error(exc, plan.thread_id) from exc
+    finally:
+        await items.aclose()
 
 
 def openai_router(server: Server, settings: Settings) -> APIRouter:
