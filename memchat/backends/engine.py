@@ -134,9 +134,11 @@ class Engine:
         return self._fill(ranked, budget_tokens, exclude)
 
     def _as_messages(self, hits: list[Hit], thread_id: str | None) -> list[Hit]:
-        """A fact stated in this thread is replaced by its source message (best score kept), once."""
+        """A fact stated in a thread in scope (this one; every thread of the user when ``thread_id`` is None) is
+        replaced by its source message (best score kept), once."""
         src = {h.doc.id: msg_id(h.doc.thread_id, 2 * h.doc.turn - 1) for h in hits
-               if h.doc.kind == "fact" and thread_id and h.doc.thread_id == thread_id and h.doc.turn > 0}
+               if h.doc.kind == "fact" and h.doc.thread_id and h.doc.turn > 0
+               and (thread_id is None or h.doc.thread_id == thread_id)}
         if not src:
             return hits
         have = {h.doc.id: h for h in hits}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memchat.backends.engine import Engine, short_date
+from memchat.backends.memory_api import memory_docs
 from memchat.backends.vectorstore import BM25Index, ChromaMemory, MemoryDoc, bm25_tokens, msg_id, stem
 from memchat.memory.prompt import memory_line
 from tests.support.fakes import ScriptedChatModel
@@ -99,6 +100,20 @@ def test_recall_excludes_and_scopes(store_engine: Engine) -> None:
                           exclude_ids={msg_id("t1", 2)})
     ids = {it["id"] for it in items}
     assert msg_id("t1", 2) not in ids and "x" not in ids
+
+
+def test_a_fact_and_its_message_show_once_across_threads(store_engine: Engine) -> None:
+    """Recall over all of a user's threads (``thread_id=None``, the stateless route with a user) shows a fact
+    stated in a thread as its message, once (it used to show the fact and the message that states it)."""
+    docs = memory_docs({}, "tA", "u1", 1, "I am allergic to peanuts. My order number is 55-771.", "Noted.", "")
+    store_engine.store_docs(docs)
+    assert [d.kind for d in docs].count("fact") == 2
+    for tid in (None, "tA"):
+        items = store_engine.recall("Am I allergic to anything?", user_id="u1", thread_id=tid, budget_tokens=2000)
+        assert [it["text"] for it in items].count("I am allergic to peanuts. My order number is 55-771.") == 1
+        assert not [it for it in items if it["text"] == "I am allergic to peanuts."]
+    other = store_engine.recall("Am I allergic to anything?", user_id="u1", thread_id="tB", budget_tokens=2000)
+    assert [it["text"] for it in other] == ["I am allergic to peanuts."]  # another thread: the fact alone
 
 
 def test_store_reuses_query_vector_and_sees_foreign_writes(engine: Engine, tmp_path: Path) -> None:
