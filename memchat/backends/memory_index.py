@@ -80,6 +80,7 @@ class Scopes:
         self._held: OrderedDict[str, _Scope] = OrderedDict()
         self.lock = threading.RLock()
         self.seen = -1
+        self.pending = 0  # new ids of this process's writes in flight (owners that write outside the lock)
 
     def held(self, user_id: str) -> _Scope | None:
         """The user's scope when it is loaded (no load, no sync)."""
@@ -111,8 +112,11 @@ class Scopes:
 
     def _sync(self) -> None:
         stamp = self._stamp()
-        if stamp != self.seen:
-            self.reset(stamp)
+        if stamp == self.seen:
+            return
+        if self.seen >= 0 and self.pending and self.seen < stamp <= self.seen + self.pending:
+            return  # our own writes in flight (their owner advances `seen` when they land), not another process's
+        self.reset(stamp)
 
     def get(self, user_id: str) -> _Scope:
         """The user's scope, loaded from the store when not held or when the store changed."""

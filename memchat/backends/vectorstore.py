@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,6 +95,7 @@ class ChromaMemory:
         self.scopes = Scopes(lambda with_vectors: _Scope(embeddings.dim, with_vectors), self._user_ids, self._rows,
                              self.col.count)
         self._lock = self.scopes.lock
+        self._write_lock = threading.Lock()
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_query(self, text: str) -> list[float]:
@@ -109,9 +111,32 @@ class ChromaMemory:
         uniq = {d.id: d for d in docs}
         docs = list(uniq.values())
         vectors = self.cache.docs([d.text for d in docs])
+        # The Chroma upsert (~45 ms, SQLite + HNSW in Rust, GIL released) runs outside the scopes' lock, which
+        # every search takes: under it, each search waited for every write in flight, and a loaded 2-core server
+        # kept ~1 core busy. Writes stay serialised among themselves (_write_lock); the ids they are adding count
+        # as `pending`, so a search meanwhile does not take our own write for another process's.
+        with self._write_lock:
+            new_ids = self._new_ids(docs)
+            try:
+                self.col.upsert(ids=[d.id for d in docs], documents=[d.text for d in docs],
+                                metadatas=[d.metadata() for d in docs], embeddings=vectors)  # type: ignore[arg-type]
+            except BaseException:
+                with self._lock:
+                    self.scopes.pending -= new_ids
+                raise
+            with self._lock:
+                self.scopes.pending -= new_ids
+                if self.scopes.seen >= 0:
+                    self.scopes.seen += new_ids
+                for d, v in zip(docs, vectors):
+                    scope = self.scopes.held(d.user_id)
+                    if scope is not None:
+                        scope.put(d, v)
+
+    def _new_ids(self, docs: list[MemoryDoc]) -> int:
+        """How many of ``docs`` the store does not hold yet (for the count that detects foreign writes), counted
+        as pending: a loaded user's memories are all in process, so only ids of users not loaded are asked."""
         with self._lock:
-            # which ids are new (for the count that detects foreign writes): a loaded user's memories are
-            # all in process, so only ids of users not loaded are asked of Chroma
             new_ids, ask = 0, []
             for d in docs:
                 scope = self.scopes.held(d.user_id)
@@ -121,14 +146,8 @@ class ChromaMemory:
                     new_ids += 1
             if ask:
                 new_ids += len(ask) - len(self.col.get(ids=ask, include=[])["ids"])
-            self.col.upsert(ids=[d.id for d in docs], documents=[d.text for d in docs],
-                            metadatas=[d.metadata() for d in docs], embeddings=vectors)  # type: ignore[arg-type]
-            if self.scopes.seen >= 0:
-                self.scopes.seen += new_ids
-            for d, v in zip(docs, vectors):
-                scope = self.scopes.held(d.user_id)
-                if scope is not None:
-                    scope.put(d, v)
+            self.scopes.pending += new_ids
+            return new_ids
 
     def delete_thread(self, thread_id: str) -> int:
         """Forget a thread's thread-scoped memories."""

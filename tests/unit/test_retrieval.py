@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,40 @@ def test_store_reuses_query_vector_and_sees_foreign_writes(engine: Engine, tmp_p
                          thread_id="t1", kind="turn", speaker="user", seq=4)])
     hits = mem.search("sourdough starter name", "u1", "t1", k=5)
     assert hits and hits[0].doc.id == msg_id("t1", 4)
+
+
+def test_a_search_does_not_wait_for_a_write_in_flight(engine: Engine) -> None:
+    """The Chroma upsert runs outside the lock every search takes (searches used to queue behind each write),
+    and a search meanwhile does not take that write for another process's (no reload of the scopes)."""
+    mem = engine.memory
+    assert isinstance(mem, ChromaMemory)
+    engine.store_docs(_turns("t1", CONV[:4]))
+    mem.search("hiking", "u1", "t1", k=5)
+    scope = mem.scopes.held("u1")
+    landed, release = threading.Event(), threading.Event()
+    real = mem.col.upsert
+
+    def slow_upsert(**kw: object) -> None:
+        real(**kw)  # in the store (its count moved) ...
+        landed.set()
+        assert release.wait(30)  # ... but not yet in the scopes
+
+    mem.col.upsert = slow_upsert  # type: ignore[method-assign]
+    writer = threading.Thread(target=engine.store_docs, args=(_turns("t1", CONV)[4:],))
+    writer.start()
+    try:
+        assert landed.wait(30)
+        t0 = time.monotonic()
+        hits = mem.search("espresso machine", "u1", "t1", k=5)  # used to block until the write finished
+        assert time.monotonic() - t0 < 5 and writer.is_alive()
+        assert mem.scopes.held("u1") is scope  # not taken for a foreign write: nothing reloaded
+    finally:
+        release.set()
+        writer.join(30)
+        mem.col.upsert = real  # type: ignore[method-assign]
+    assert msg_id("t1", 5) not in {h.doc.id for h in hits}
+    assert mem.search("espresso machine", "u1", "t1", k=5)[0].doc.id == msg_id("t1", 5)  # in once written
+    assert mem.scopes.held("u1") is scope and mem.scopes.seen == mem.count() and mem.scopes.pending == 0
 
 
 def test_earlier_question_ranks_below_the_evidence(engine: Engine) -> None:
