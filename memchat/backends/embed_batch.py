@@ -1,10 +1,11 @@
-"""Micro-batching of embedding calls across concurrent turns.
+"""Micro-batching of embedding calls (and vector-store writes) across concurrent turns.
 
 Under load many turns want the embedder at once (each its query, then its message and reply). The model
 runs one ``encode`` at a time anyway; instead of queueing the callers one by one, the caller that finds the
 embedder free becomes the leader and encodes its own texts plus every request queued meanwhile, in one call,
 then hands each caller its vectors. The wait is bounded by one encode (no timer): a lone caller encodes at
 once, and callers that arrive while a batch runs go together into the next one (up to ``max_texts``).
+The Chroma store batches its upserts the same way (one call per item in, one result per item out).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 @dataclass
 class _Request:
-    texts: list[str]
+    texts: list[Any]
     result: list[Any] | None = None
     error: BaseException | None = None
     done: bool = False
@@ -26,7 +27,7 @@ class _Request:
 class MicroBatcher:
     """Merge concurrent ``encode(texts)`` calls into one call of ``encode`` (which returns one vector per text)."""
 
-    def __init__(self, encode: Callable[[list[str]], Sequence[Any]], max_texts: int = 128) -> None:
+    def __init__(self, encode: Callable[[list[Any]], Sequence[Any]], max_texts: int = 128) -> None:
         self._encode = encode
         self.max_texts = max_texts
         self._pending: list[_Request] = []
@@ -35,7 +36,7 @@ class MicroBatcher:
         self.batches = 0  # encode calls made
         self.requests = 0  # requests served
 
-    def __call__(self, texts: list[str]) -> list[Any]:
+    def __call__(self, texts: list[Any]) -> list[Any]:
         """The vectors of ``texts``, encoded alone or together with other callers' texts."""
         if not texts:
             return []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +11,7 @@ import chromadb
 from langchain_chroma import Chroma
 
 from memchat.backends.bm25 import BM25_B, BM25_K1, BM25Index, bm25_tokens, stem
+from memchat.backends.embed_batch import MicroBatcher
 from memchat.backends.embeddings import STEmbeddings
 from memchat.backends.memory_index import EmbedCache, Scopes, dense_top, sparse_top
 from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
@@ -24,6 +24,9 @@ from memchat.memory.textproc import tokenize
 __all__ = ["BM25_B", "BM25_K1", "BM25_WEIGHT", "DENSE_WEIGHT", "MAX_SCOPES", "VECTORS_IN_MEMORY_MAX", "BM25Index",
            "ChromaMemory", "EmbedderMismatch", "Hit", "MemoryDoc", "VectorMemory", "_Scope",
            "_matvec", "bm25_tokens", "fuse", "make_chroma_client", "msg_id", "stem"]
+
+
+WRITE_BATCH = 256  # documents per Chroma upsert when concurrent turns' writes are merged
 
 
 class EmbedderMismatch(RuntimeError):
@@ -95,7 +98,7 @@ class ChromaMemory:
         self.scopes = Scopes(lambda with_vectors: _Scope(embeddings.dim, with_vectors), self._user_ids, self._rows,
                              self.col.count)
         self._lock = self.scopes.lock
-        self._write_lock = threading.Lock()
+        self._writes = MicroBatcher(self._write, max_texts=WRITE_BATCH)
 
     # ---- embeddings -------------------------------------------------------------------------
     def embed_query(self, text: str) -> list[float]:
@@ -111,27 +114,35 @@ class ChromaMemory:
         uniq = {d.id: d for d in docs}
         docs = list(uniq.values())
         vectors = self.cache.docs([d.text for d in docs])
-        # The Chroma upsert (~45 ms, SQLite + HNSW in Rust, GIL released) runs outside the scopes' lock, which
-        # every search takes: under it, each search waited for every write in flight, and a loaded 2-core server
-        # kept ~1 core busy. Writes stay serialised among themselves (_write_lock); the ids they are adding count
-        # as `pending`, so a search meanwhile does not take our own write for another process's.
-        with self._write_lock:
-            new_ids = self._new_ids(docs)
-            try:
-                self.col.upsert(ids=[d.id for d in docs], documents=[d.text for d in docs],
-                                metadatas=[d.metadata() for d in docs], embeddings=vectors)  # type: ignore[arg-type]
-            except BaseException:
-                with self._lock:
-                    self.scopes.pending -= new_ids
-                raise
+        self._writes(list(zip(docs, vectors)))
+
+    def _write(self, items: list[tuple[MemoryDoc, list[float]]]) -> list[None]:
+        """One Chroma upsert for the documents of every ``add`` in flight (:class:`MicroBatcher`: concurrent
+        turns' writes go in together, one batch at a time).
+
+        The upsert (~45 ms, SQLite + HNSW in Rust, GIL released) runs outside the scopes' lock, which every
+        search takes: under it, each search waited for every write in flight (a loaded 2-core server kept ~1
+        core busy), and writes one by one queued behind each other. The ids being added count as ``pending``,
+        so that a search meanwhile does not take our own write for another process's."""
+        uniq = {d.id: (d, v) for d, v in items}  # the same id from two turns (a user's fact) is stored once
+        docs, vectors = [d for d, _ in uniq.values()], [v for _, v in uniq.values()]
+        new_ids = self._new_ids(docs)
+        try:
+            self.col.upsert(ids=[d.id for d in docs], documents=[d.text for d in docs],
+                            metadatas=[d.metadata() for d in docs], embeddings=vectors)  # type: ignore[arg-type]
+        except BaseException:
             with self._lock:
                 self.scopes.pending -= new_ids
-                if self.scopes.seen >= 0:
-                    self.scopes.seen += new_ids
-                for d, v in zip(docs, vectors):
-                    scope = self.scopes.held(d.user_id)
-                    if scope is not None:
-                        scope.put(d, v)
+            raise
+        with self._lock:
+            self.scopes.pending -= new_ids
+            if self.scopes.seen >= 0:
+                self.scopes.seen += new_ids
+            for d, v in zip(docs, vectors):
+                scope = self.scopes.held(d.user_id)
+                if scope is not None:
+                    scope.put(d, v)
+        return [None] * len(items)
 
     def _new_ids(self, docs: list[MemoryDoc]) -> int:
         """How many of ``docs`` the store does not hold yet (for the count that detects foreign writes), counted

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +177,44 @@ def test_a_search_does_not_wait_for_a_write_in_flight(engine: Engine) -> None:
     assert msg_id("t1", 5) not in {h.doc.id for h in hits}
     assert mem.search("espresso machine", "u1", "t1", k=5)[0].doc.id == msg_id("t1", 5)  # in once written
     assert mem.scopes.held("u1") is scope and mem.scopes.seen == mem.count() and mem.scopes.pending == 0
+
+
+def test_concurrent_writes_go_in_together(engine: Engine) -> None:
+    """Writes arriving while an upsert runs go into the next one together (one Chroma call, not one each),
+    the same id from two turns (a user's fact) once; every document lands."""
+    mem = engine.memory
+    assert isinstance(mem, ChromaMemory)
+    engine.store_docs(_turns("t0", CONV[:1]))
+    mem.search("hello", "u1", "t0", k=5)
+    real, calls, gate = mem.col.upsert, [], threading.Event()
+
+    def upsert(**kw: Any) -> None:
+        calls.append(list(kw["ids"]))
+        if len(calls) == 1:
+            assert gate.wait(30)  # the first write is slow: the others queue meanwhile
+        real(**kw)
+
+    mem.col.upsert = upsert  # type: ignore[method-assign]
+    fact = MemoryDoc(id="fact:u1:tea", text="I drink green tea every morning.", user_id="u1", thread_id="t1",
+                     kind="fact", speaker="user", scope="user")
+    batches = [_turns(f"t{i}", CONV[i:i + 1]) + [fact] for i in range(1, 6)]
+    writers = [threading.Thread(target=engine.store_docs, args=(b,)) for b in batches]
+    try:
+        writers[0].start()
+        while not calls:
+            time.sleep(0.01)
+        for w in writers[1:]:
+            w.start()
+        time.sleep(0.5)
+    finally:
+        gate.set()
+        for w in writers:
+            w.join(30)
+        mem.col.upsert = real  # type: ignore[method-assign]
+    assert len(calls) == 2 and len(calls[1]) == 5  # four writes in one call; the fact once
+    ids = {d.id for b in batches for d in b}
+    assert {d.id for d in mem.get_ids(sorted(ids))} == ids
+    assert mem.scopes.seen == mem.count() and mem.scopes.pending == 0
 
 
 def test_earlier_question_ranks_below_the_evidence(engine: Engine) -> None:
