@@ -148,10 +148,11 @@ class MemChat:
         if not isinstance(message, str) or not message.strip():
             raise ValueError("message must be a non-empty string")
         with deadline.started(self.settings.turn_timeout) as until, self.exclusive(thread_id):
-            self.recover(thread_id)
             cfg = self.config(thread_id)
             pre = self.graph.get_state(cfg)
-            self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
+            if pre.next and self.recover(thread_id):  # a half turn (a crash): rolled back first
+                pre = self.graph.get_state(cfg)
+            seen = self.registry.admit(thread_id, user_id or legacy_user((pre.values or {}).get("user_id")))
             if not self._flush(pre.values or {}, check=True, thread_id=thread_id):  # still not written:
                 cfg["configurable"]["outbox_carry"] = True  # this turn's checkpoint carries them on
             if idempotency_key:
@@ -182,7 +183,7 @@ class MemChat:
                     raise RuntimeError("the turn did not complete")
                 if until is not None and time.monotonic() > until:  # the client was told 504: undo it
                     raise deadline.TurnTimeout(self.settings.turn_timeout)
-                self.registry.record(thread_id, final.get("user_id"), turn)
+                self.registry.record(thread_id, final.get("user_id"), turn, seen)
             except BaseException:
                 self._rollback(thread_id, pre)
                 raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from langgraph.store.base import GetOp, PutOp
@@ -48,6 +49,13 @@ def speakers(row: dict[str, Any] | None) -> list[str]:
     return users
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A thread's registry row as :meth:`ThreadRegistry.admit` read it (``None``: no row yet)."""
+
+    row: dict[str, Any] | None
+
+
 class ThreadRegistry:
     """The registry over a LangGraph store (every method is a no-op without a store)."""
 
@@ -66,26 +74,30 @@ class ThreadRegistry:
         self.store.batch([*puts, PutOp(META_NS, "registry", {"version": INDEX_VERSION})])
 
     # ---- turns --------------------------------------------------------------------------------
-    def admit(self, thread_id: str, user: str | None) -> None:
+    def admit(self, thread_id: str, user: str | None) -> Seen | None:
         """Before a turn of ``user`` runs: index the thread under the user, then refuse the turn while the
-        user is being forgotten (in this order, so that a forget either sees the thread or stops the turn)."""
+        user is being forgotten (in this order, so that a forget either sees the thread or stops the turn).
+        Returns the thread's row as read in the same store call (for :meth:`record`), when it read it."""
         if self.store is None or not public_user(user):
-            return
+            return None
         assert user is not None
         index = user_threads_namespace(user)
-        known, mark = self.store.batch([GetOp(index, thread_id), GetOp(FORGETTING_NS, user)])
+        known, mark, row = self.store.batch([GetOp(index, thread_id), GetOp(FORGETTING_NS, user),
+                                             GetOp(THREADS_NS, thread_id)])
         if known is None:
             self.store.put(index, thread_id, {})
             mark = self.store.get(FORGETTING_NS, user)
         if mark is not None and float(mark.value.get("until", 0)) > time.time():
             raise UserForgetting(f"the memory of user {user!r} is being forgotten")
+        return Seen(dict(row.value) if row is not None else None)
 
-    def record(self, thread_id: str, user: str | None, turns: int) -> None:
-        """After a completed turn: the thread's last speaker, every speaker and its turn count."""
+    def record(self, thread_id: str, user: str | None, turns: int, seen: Seen | None = None) -> None:
+        """After a completed turn: the thread's last speaker, every speaker and its turn count (``seen``: the row
+        :meth:`admit` read for this turn; the turn holds the thread, so nothing else wrote it since)."""
         if self.store is None:
             return
         user = public_user(user)
-        row = self.row(thread_id) or {}
+        row = (seen.row if seen is not None else self.row(thread_id)) or {}
         users = speakers(row)
         if user and user not in users:
             users.append(user)
