@@ -118,3 +118,23 @@ def test_a_failed_turn_never_stacks_under_the_next_message(engine: Engine, fake_
         g.invoke({"messages": [HumanMessage(content="I live in Hangzhou.")]}, cfg)  # type: ignore[arg-type]
     fake_llm.fail_kinds = set()
     assert g.invoke(None, cfg)["turn"] == 3  # type: ignore[arg-type]  # or resumed: the same turn, finished
+
+
+def test_a_failed_turn_is_rolled_back_on_the_async_path_too(engine: Engine, fake_llm: ScriptedChatModel) -> None:
+    """``ainvoke`` / ``astream`` (``langgraph dev`` runs the graph through ``astream_events`` → ``astream``)."""
+    import asyncio
+
+    g = build_graph(checkpointer=InMemorySaver(), engine=engine)
+    cfg = {"configurable": {"thread_id": "t"}}
+
+    async def run() -> dict[str, object]:
+        await g.ainvoke({"messages": [HumanMessage(content="My name is Li Ming.")]}, cfg)  # type: ignore[arg-type]
+        fake_llm.fail_kinds = {"respond"}
+        with pytest.raises(Exception):  # noqa: B017
+            await g.ainvoke({"messages": [HumanMessage(content="My order number is 55-771")]}, cfg)  # type: ignore[arg-type]
+        assert (await g.aget_state(cfg)).next == ("respond",)  # type: ignore[arg-type]
+        fake_llm.fail_kinds = set()
+        return await g.ainvoke({"messages": [HumanMessage(content="What is my name?")]}, cfg)  # type: ignore[arg-type,no-any-return]
+
+    out = asyncio.run(run())
+    assert out["turn"] == 2 and "fact:order_number" not in out["slots"]  # type: ignore[operator]
