@@ -104,7 +104,33 @@ def probe_backend(settings: Settings, base_url: str | None = None) -> BackendInf
     return BackendInfo(base_url=url, model=model, context_length=int(ctx) if ctx else None, kind=kind)
 
 
-class LlamaCppChatOpenAI(ChatOpenAI):
+class MemchatChatOpenAI(ChatOpenAI):
+    """``ChatOpenAI`` that hands plain-text messages to the server as they are.
+
+    openai-python runs every request body through ``maybe_transform``, which walks each message through
+    every member of the message-parameter union (and their fields' type hints) to apply aliases that plain
+    ``{"role", "content": str}`` messages never have: ~3 ms of Python per 15-message request, and under
+    ``memchat bench load`` (respond + extraction + summaries) 15-19 % of the samples in which the server
+    held the GIL (``py-spy record --gil``, docs/profile.md). Such messages therefore travel in
+    ``extra_body``, which the SDK merges into the JSON body untransformed (its keys take precedence): the
+    bytes the server receives are the same. Messages with content parts keep the SDK's path.
+    """
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        msgs = payload.get("messages")
+        if isinstance(msgs, list) and msgs and all(_plain(m) for m in msgs):
+            payload["extra_body"] = {**(payload.get("extra_body") or {}), "messages": msgs}
+            payload["messages"] = []
+        return payload
+
+
+def _plain(message: Any) -> bool:
+    """A message the SDK's transform would return unchanged: string values only (no parts, no tool calls)."""
+    return isinstance(message, dict) and all(isinstance(v, str) for v in message.values())
+
+
+class LlamaCppChatOpenAI(MemchatChatOpenAI):
     """``ChatOpenAI`` for llama-cpp-python's server, which knows ``max_tokens`` but not ``max_completion_tokens``.
 
     The server silently ignores the newer name and generates until its context is full (8K tokens of
@@ -136,7 +162,7 @@ def make_chat_model(settings: Settings, base_url: str | None = None, **overrides
         stop_sequences=stop,
     )
     kwargs.update(overrides)
-    return LlamaCppChatOpenAI(**kwargs) if settings.embedded else ChatOpenAI(**kwargs)
+    return LlamaCppChatOpenAI(**kwargs) if settings.embedded else MemchatChatOpenAI(**kwargs)
 
 
 def cached_tokens(message: BaseMessage) -> int | None:

@@ -160,3 +160,28 @@ def test_embedded_reply_caps_reach_llama_cpp_as_max_tokens(stub: StubURL, tmp_pa
     assert all("max_completion_tokens" not in b for b in bodies)
     remote = make_chat_model(_settings(tmp_path, stub), base_url=stub)  # SGLang & co. take the current name
     assert remote._get_request_payload([("user", "x")])["max_completion_tokens"] == 256  # type: ignore[attr-defined]
+
+
+def test_plain_messages_skip_the_sdk_transform_and_reach_the_server_unchanged(stub: StubURL, tmp_path: Path) -> None:
+    """openai-python's per-message ``maybe_transform`` cost ~3 ms of GIL time per request; plain-text messages
+    travel in ``extra_body`` instead, and the server receives the same messages (and the response format)."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    from memchat.backends.llm import json_schema_format
+
+    model = make_chat_model(_settings(tmp_path, stub), base_url=stub)
+    msgs = [SystemMessage("be brief"), HumanMessage("my name is Ana"), AIMessage("Hi Ana"), HumanMessage("and?")]
+    payload = model._get_request_payload(msgs)  # type: ignore[attr-defined]
+    assert payload["messages"] == [] and len(payload["extra_body"]["messages"]) == 4
+    want = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "my name is Ana"},
+            {"role": "assistant", "content": "Hi Ana"}, {"role": "user", "content": "and?"}]
+    stub.state.requests_log.clear()
+    model.invoke(msgs)
+    list(model.stream(msgs))
+    fmt = json_schema_format("ops", {"type": "object", "properties": {"ops": {"type": "array"}}})
+    model.bind(response_format=fmt).invoke(msgs)
+    bodies = [b for b in stub.state.requests_log if "messages" in b]
+    assert [b["messages"] for b in bodies] == [want, want, want]
+    assert bodies[2]["response_format"] == fmt and bodies[1]["stream"] is True
+    parts = [HumanMessage(content=[{"type": "text", "text": "look"}])]  # content parts keep the SDK's path
+    assert model._get_request_payload(parts)["messages"]  # type: ignore[attr-defined]
