@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     memory_top_k: int = Field(30, ge=0, description="Ranked hits considered per query (before neighbours)")
     memory_candidates: int = Field(50, ge=1, description="Candidates fetched from each retriever")
     memory_neighbours: int = Field(2, ge=0, description="Adjacent turns added around a hit")
+    memory_cache_docs: int = Field(100_000, ge=1, description="Memories held in process for search (all users "
+                                   "together, least recently used users dropped; ~2.5 KB each)")
     memory_min_score: float = Field(0.2, description="Dense cosine floor for a hit found only by dense search")
     llm_extraction: Literal["auto", "true", "false"] = Field(
         "auto", description="LLM tier of slot extraction (a second call after the reply) and LLM facts at compaction: "

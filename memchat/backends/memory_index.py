@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec
+from memchat.backends.scopes import MAX_HELD_DOCS, MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec
 
 if TYPE_CHECKING:
     from memchat.backends.embeddings import STEmbeddings
@@ -75,8 +75,10 @@ class Scopes:
     """
 
     def __init__(self, new: Callable[[bool], _Scope], ids: Callable[[str], list[str]],
-                 rows: Callable[[list[str], bool], Iterable[tuple[MemoryDoc, Any]]], stamp: Callable[[], int]) -> None:
+                 rows: Callable[[list[str], bool], Iterable[tuple[MemoryDoc, Any]]], stamp: Callable[[], int],
+                 max_docs: int = MAX_HELD_DOCS) -> None:
         self._new, self._ids, self._rows, self._stamp = new, ids, rows, stamp
+        self.max_docs = max_docs  # memories held in all scopes together (the one just loaded always stays)
         self._held: OrderedDict[str, _Scope] = OrderedDict()
         self.lock = threading.RLock()
         self.seen = -1
@@ -131,9 +133,15 @@ class Scopes:
             for doc, vec in self._rows(ids, scope.with_vectors):
                 scope.put(doc, vec)
             self._held[user_id] = scope
-            while len(self._held) > MAX_SCOPES:
-                self._held.popitem(last=False)
+            self._evict()
             return scope
+
+    def _evict(self) -> None:
+        """Drop least recently used scopes beyond ``max_docs`` memories or :data:`MAX_SCOPES` users."""
+        held = sum(len(s) for s in self._held.values())
+        while len(self._held) > 1 and (held > self.max_docs or len(self._held) > MAX_SCOPES):
+            _, dropped = self._held.popitem(last=False)
+            held -= len(dropped)
 
 
 def _top(scores: np.ndarray, k: int, n: int) -> np.ndarray:

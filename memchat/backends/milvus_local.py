@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from memchat.backends.memory_index import Scopes, dense_top, sparse_top
+from memchat.backends.scopes import MAX_HELD_DOCS
 from memchat.backends.vectorstore import MemoryDoc, _Scope
 
 if TYPE_CHECKING:
@@ -39,12 +40,12 @@ def _generation(key: tuple[str, str]) -> int:
 class LocalIndex:
     """Per-user scopes (:class:`memchat.backends.memory_index.Scopes`) over a Milvus collection."""
 
-    def __init__(self, mem: MilvusMemory, exact: bool) -> None:
+    def __init__(self, mem: MilvusMemory, exact: bool, max_docs: int = MAX_HELD_DOCS) -> None:
         self.mem = mem
         self.exact = exact  # every writer is in this process (a Milvus Lite file)
         self.key = (mem.uri, mem.collection_name)
         self.scopes = Scopes(lambda with_vectors: _Scope(mem.dim, with_vectors), self._user_ids, self._rows,
-                             self._stamp)
+                             self._stamp, max_docs)
 
     def _stamp(self) -> int:
         return _generation(self.key) if self.exact else self.mem.count()

@@ -33,6 +33,7 @@ from typing import Any
 from memchat.backends.embeddings import STEmbeddings
 from memchat.backends.memory_index import EmbedCache
 from memchat.backends.milvus_local import LocalIndex
+from memchat.backends.scopes import MAX_HELD_DOCS
 from memchat.backends.vectorstore import EmbedderMismatch, Hit, MemoryDoc, bm25_tokens, fuse, stem
 from memchat.memory.textproc import tokenize
 
@@ -94,7 +95,7 @@ class MilvusMemory:
 
     def __init__(self, client: Any, embeddings: STEmbeddings, collection: str = "memchat",
                  check_embedder: bool = True, index: str = "", uri: str = "", token: str = "",
-                 search: str = "auto") -> None:
+                 search: str = "auto", cache_docs: int = MAX_HELD_DOCS) -> None:
         self.client = client
         self.uri, self.token = uri, token
         self.embeddings = embeddings
@@ -111,7 +112,7 @@ class MilvusMemory:
         self.full_text = any(f["name"] == "sparse" for f in desc.get("fields", []))
         lite_file = bool(uri) and "://" not in uri
         in_process = not self.full_text or search == "process" or (search == "auto" and lite_file)
-        self.local = LocalIndex(self, exact=lite_file) if in_process else None
+        self.local = LocalIndex(self, exact=lite_file, max_docs=cache_docs) if in_process else None
         built = props.get(EMBEDDER_KEY)
         if check_embedder and built and built != embeddings.identity:
             raise EmbedderMismatch(

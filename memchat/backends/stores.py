@@ -52,5 +52,5 @@ def make_memory(settings: Settings, embeddings: STEmbeddings, *, client: Any | N
 
         return MilvusMemory(client, embeddings, name, check_embedder=check_embedder, index=settings.milvus_index,
                             uri=milvus_uri(settings), token=settings.milvus_token.get_secret_value(),
-                            search=settings.milvus_search)
-    return ChromaMemory(client, embeddings, name, check_embedder=check_embedder)
+                            search=settings.milvus_search, cache_docs=settings.memory_cache_docs)
+    return ChromaMemory(client, embeddings, name, check_embedder=check_embedder, cache_docs=settings.memory_cache_docs)

@@ -14,7 +14,7 @@ from memchat.backends.bm25 import BM25_B, BM25_K1, BM25Index, bm25_tokens, stem
 from memchat.backends.embed_batch import MicroBatcher
 from memchat.backends.embeddings import STEmbeddings
 from memchat.backends.memory_index import EmbedCache, Scopes, dense_top, sparse_top
-from memchat.backends.scopes import MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
+from memchat.backends.scopes import MAX_HELD_DOCS, MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
 from memchat.memory.records import BM25_WEIGHT, DENSE_WEIGHT, Hit, MemoryDoc, fuse, msg_id
 from memchat.memory.textproc import tokenize
 
@@ -80,7 +80,7 @@ class ChromaMemory:
     """
 
     def __init__(self, client: Any, embeddings: STEmbeddings, collection: str = "memchat",
-                 check_embedder: bool = True) -> None:
+                 check_embedder: bool = True, cache_docs: int = MAX_HELD_DOCS) -> None:
         self.embeddings = embeddings
         self.client = client
         self.collection_name = collection
@@ -96,7 +96,7 @@ class ChromaMemory:
             )
         self.cache = EmbedCache(embeddings)
         self.scopes = Scopes(lambda with_vectors: _Scope(embeddings.dim, with_vectors), self._user_ids, self._rows,
-                             self.col.count)
+                             self.col.count, cache_docs)
         self._lock = self.scopes.lock
         self._writes = MicroBatcher(self._write, max_texts=WRITE_BATCH)
 

@@ -224,3 +224,35 @@ def test_earlier_question_ranks_below_the_evidence(engine: Engine) -> None:
     items = engine.recall(asked[1], user_id="u1", thread_id="t1", budget_tokens=2000)
     score = {it["seq"]: it["score"] for it in items}
     assert score[2] > score.get(8, 0.0) and score[4] > score.get(8, 0.0)
+
+
+def test_scopes_are_bounded_by_memories_not_by_a_few_users() -> None:
+    """50 conversations used to thrash a 32-user cache: nearly every search reloaded the user's whole scope
+    from the store. Now scopes stay while the memories held fit ``max_docs``; beyond it the least recently
+    used users go, but never the one just loaded."""
+    from memchat.backends.memory_index import Scopes
+    from memchat.backends.scopes import _Scope
+
+    loads: list[str] = []
+
+    def rows(ids: list[str], with_vectors: bool) -> list[tuple[MemoryDoc, Any]]:
+        loads.append(ids[0].split(":")[0])
+        return [(MemoryDoc(id=i, text=f"memory {i}", user_id=i.split(":")[0], thread_id="t", kind="fact"), None)
+                for i in ids]
+
+    def scopes(max_docs: int) -> Scopes:
+        return Scopes(lambda v: _Scope(4, v), lambda u: [f"{u}:{k}" for k in range(4)], rows, lambda: 0, max_docs)
+
+    many = scopes(100_000)
+    for _ in range(3):
+        for u in range(50):
+            assert len(many.get(f"u{u}")) == 4
+    assert len(loads) == 50  # each user loaded once
+    loads.clear()
+    small = scopes(10)  # room for two users of 4 memories
+    for u in ("a", "b", "a", "c", "a", "b"):
+        small.get(u)
+    assert loads == ["a", "b", "c", "b"]  # c pushed out b (least recently used), a stayed
+    assert small.held("a") is not None and small.held("c") is None
+    tiny = scopes(1)  # a user larger than the whole bound is still held while in use
+    assert len(tiny.get("x")) == 4 and tiny.held("x") is not None
