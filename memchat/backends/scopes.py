@@ -12,7 +12,7 @@ from memchat.memory.records import MemoryDoc
 # Users whose memories are kept in process, least recently used dropped first. The bound is the number of
 # memories held (MEMCHAT_MEMORY_CACHE_DOCS: ~2.5 KB each with its vector and BM25 postings), and at most
 # MAX_SCOPES users. A bound of 32 users made a replica serving 50 conversations reload a user's whole scope
-# from the store for 473 of 501 searches (`memchat bench load --threads 50`), ~10 % of its GIL time.
+# from the store for 473 of 501 searches (`memchat bench load --threads 50`), ~8 % of its GIL time.
 MAX_SCOPES = 4096
 MAX_HELD_DOCS = 100_000
 VECTORS_IN_MEMORY_MAX = 100_000  # above this many memories a user's dense search goes to Chroma

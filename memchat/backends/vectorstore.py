@@ -120,7 +120,7 @@ class ChromaMemory:
         """One Chroma upsert for the documents of every ``add`` in flight (:class:`MicroBatcher`: concurrent
         turns' writes go in together, one batch at a time).
 
-        The upsert (~45 ms, SQLite + HNSW in Rust, GIL released) runs outside the scopes' lock, which every
+        The upsert (SQLite + HNSW in Rust; it holds the GIL, see docs/profile.md) runs outside the scopes' lock, which every
         search takes: under it, each search waited for every write in flight (a loaded 2-core server kept ~1
         core busy), and writes one by one queued behind each other. The ids being added count as ``pending``,
         so that a search meanwhile does not take our own write for another process's."""
