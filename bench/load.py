@@ -19,6 +19,7 @@ server's ``/metrics`` the LLM calls by kind and the cached-token ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,7 +41,7 @@ from rich.table import Table
 
 from memchat.bench.common import emit, parse_overrides, pct
 from memchat.bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_table
-from memchat.bench.stack import SERVER_PIDS, memchat_server, stub_llm
+from memchat.bench.stack import SERVER_PIDS, chroma_server, memchat_server, stub_llm
 
 __all__ = ["main", "marker", "memchat_server", "run_load", "stub_llm"]
 
@@ -306,13 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", choices=("process", "thread"), default="process",
                     help="the local server: memchat serve in a subprocess, or uvicorn in a thread here")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
+    ap.add_argument("--workers", type=int, default=1, help="memchat serve --workers of the local server; above 1 "
+                    "the bench starts a Chroma server for them unless --set chroma_url=… or vector_store=milvus")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     ap.add_argument("--llm-delay", type=float, default=0.0, help="seconds the stub LLM waits before each answer")
     ap.add_argument("--sweep", help="concurrencies to run one after another (e.g. 1,10,50): a table and a PNG")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = ap.parse_args(argv)
-    if a.threads < 1 or a.turns < 1:
-        ap.error("--threads and --turns must be at least 1")
+    if a.threads < 1 or a.turns < 1 or a.workers < 1:
+        ap.error("--threads, --turns and --workers must be at least 1")
+    if a.workers > 1 and a.server == "thread":
+        ap.error("--workers above 1 needs --server process")
     overrides = parse_overrides(a.set)
     kw = dict(threads=a.threads, turns=a.turns, users=a.users, stream=a.stream, strict=a.strict, timeout=a.timeout,
               l0_turns=int(overrides.get("l0_turns", 5)))
@@ -322,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         key = secrets.token_urlsafe(16)
         with stub_llm(a.llm_delay) as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
-                memchat_server(llm, Path(d), key, overrides, a.server) as base:
+                contextlib.ExitStack() as stack:
+            if a.workers > 1 and not overrides.get("chroma_url") and overrides.get("vector_store") != "milvus":
+                overrides["chroma_url"] = stack.enter_context(chroma_server(Path(d)))
+            base = stack.enter_context(memchat_server(llm, Path(d), key, overrides, a.server, workers=a.workers))
             cpu = server_cpu(base, SERVER_PIDS)
             if a.sweep:
                 return _sweep(base, key, parse_sweep(a.sweep), kw, cpu, a.json)
             res = run_load(base, key, echo=True, cpu=cpu, **kw)  # type: ignore[arg-type]
-        where = f"stub LLM, memchat serve {'subprocess' if a.server == 'process' else 'in-process'}"
+        where = (f"stub LLM, memchat serve {'subprocess' if a.server == 'process' else 'in-process'}"
+                 + (f", {a.workers} workers, Chroma server" if a.workers > 1 else ""))
+        res["workers"] = a.workers
         res["settings"] = overrides
         res["llm_delay_s"] = a.llm_delay
     res["where"] = where

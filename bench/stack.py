@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "support" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SERVER_PIDS: dict[str, int] = {}  # root URL → pid of a `memchat serve` started here (for its CPU time)
+STORE_PIDS: list[int] = []  # store servers started here for the memchat server (their CPU counts as its own)
 
 
 
@@ -83,9 +84,9 @@ def _wait_healthy(base: str, alive: Callable[[], bool], timeout: float = 180.0) 
 
 @contextlib.contextmanager
 def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, Any], mode: str = "process",
-                   log: Path | None = None) -> Iterator[str]:
-    """A memchat server on ``llm_url``; yields its root URL. ``mode``: ``process`` (``memchat serve``) or
-    ``thread`` (uvicorn in a thread of this process)."""
+                   log: Path | None = None, workers: int = 1) -> Iterator[str]:
+    """A memchat server on ``llm_url``; yields its root URL. ``mode``: ``process`` (``memchat serve --workers``)
+    or ``thread`` (uvicorn in a thread of this process, one worker)."""
     settings: dict[str, Any] = {"llm_base_url": llm_url, "llm_model": STUB_MODEL, "data_dir": str(data_dir),
                                 "api_key": key, **overrides}
     port = _free_port()
@@ -95,7 +96,8 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         env.update({f"MEMCHAT_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
         env.setdefault("MEMCHAT_LOG_LEVEL", "WARNING")
         out = log.open("ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "memchat.cli", "serve", "--port", str(port),
+                                 "--workers", str(workers)], cwd=ROOT,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(base, lambda: proc.poll() is None)
@@ -125,3 +127,36 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@contextlib.contextmanager
+def chroma_server(data_dir: Path, timeout: float = 120.0) -> Iterator[str]:
+    """``chroma run`` (the chromadb package's server) on a free loopback port; yields its URL."""
+    cli = Path(sys.executable).parent / "chroma"
+    if not cli.exists():
+        raise SystemExit(f"the chroma CLI is not installed next to {sys.executable} (it comes with chromadb)")
+    port = _free_port()
+    env = {**_env(), "CHROMA_TELEMETRY": "False"}
+    proc = subprocess.Popen([str(cli), "run", "--path", str(data_dir / "chroma-server"), "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit("the Chroma server exited while starting")
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the Chroma server did not start")
+            time.sleep(0.2)
+        STORE_PIDS.append(proc.pid)
+        yield url
+    finally:
+        if proc.pid in STORE_PIDS:
+            STORE_PIDS.remove(proc.pid)
+        _stop(proc)

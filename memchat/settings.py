@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     background_summaries: bool = Field(True, description="Compute the next compaction's summary after the reply")
     api_keys_file: Path | None = Field(None, description="Tenant keys (hashed) and the users each may act for; "
                                        "managed with `memchat keys`, re-read when it changes")
+    workers: int = Field(1, ge=1, description="`memchat serve` processes on one port; more than 1 needs an LLM "
+                         "server, and a Chroma server (MEMCHAT_CHROMA_URL) or a Milvus server for the vectors")
     login_max_failures: int = Field(5, ge=0, description="Failed /login attempts per client address and minute "
                                     "before 429 (per process; 0 = unlimited)")
 

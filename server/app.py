@@ -89,17 +89,45 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve with uvicorn (``memchat serve``)."""
+def workers_problem(settings: Settings, workers: int) -> str | None:
+    """Why ``workers`` processes cannot share this configuration; None when they can.
+
+    The processes share the checkpoints (SQLite on one host, with ``flock`` thread leases, or PostgreSQL) and
+    find each other's vector writes (the foreign-write check of the scope cache), as replicas do; what they
+    cannot share is a store or a model that lives inside one process."""
+    if workers <= 1:
+        return None
+    if settings.embedded:
+        return ("--workers above 1 needs MEMCHAT_LLM_BASE_URL (an LLM server): each worker would start its own "
+                "embedded model")
+    if settings.vector_store == "chroma" and not settings.chroma_url:
+        return ("--workers above 1 needs MEMCHAT_CHROMA_URL (a Chroma server, `chroma run`): the embedded Chroma "
+                "store is opened by one process")
+    if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
+        return ("--workers above 1 needs MEMCHAT_MILVUS_URI of a Milvus server: a Milvus Lite file is opened by "
+                "one process")
+    return None
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, workers: int = 0) -> None:
+    """Serve with uvicorn (``memchat serve``); ``workers`` processes (0 = ``MEMCHAT_WORKERS``) share the port,
+    each building its app from the environment. Raises RuntimeError when they cannot share the stores."""
     import uvicorn
 
     fmt = os.environ.get("MEMCHAT_LOG_FORMAT") or "json"
     level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
     configure_logging(fmt, level)
     settings = get_settings()
+    workers = workers or settings.workers
+    problem = workers_problem(settings, workers)
+    if problem:
+        raise RuntimeError(problem)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None and not settings.api_keys_file:
         log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory "
                     "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=level.lower(), access_log=False,
-                log_config=uvicorn_log_config(fmt, level), timeout_graceful_shutdown=5)
-
+    options = dict(host=host, port=port, log_level=level.lower(), access_log=False,
+                   log_config=uvicorn_log_config(fmt, level), timeout_graceful_shutdown=5)
+    if workers > 1:  # uvicorn's supervisor: the workers import the factory and read the same MEMCHAT_ environment
+        uvicorn.run("memchat.server.app:create_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]

@@ -67,11 +67,17 @@ class EmbedCache:
 
 
 class Scopes:
-    """Users' scopes held in process, least recently used dropped; all dropped when the stamp changes.
+    """Users' scopes held in process, least recently used dropped; checked against the store when its stamp
+    changes.
 
     ``ids(user)`` lists a user's memory ids in the store, ``rows(ids, with_vectors)`` reads them (with their
     vectors when asked), ``new(with_vectors)`` makes an empty scope, and ``stamp()`` tells whether the store
     changed under us (a count, or a write generation); owners that write advance :attr:`seen` themselves.
+
+    When another process wrote, every held scope becomes *stale*: a stale scope is not searched or read until
+    its user's ids have been listed again; new ids are then read and added, and a scope that lost an id (a
+    memory forgotten elsewhere) is loaded afresh. Dropping every scope instead made each search of a server
+    with ``--workers 2`` reload its user's memories, since the other worker writes all the time.
     """
 
     def __init__(self, new: Callable[[bool], _Scope], ids: Callable[[str], list[str]],
@@ -83,6 +89,7 @@ class Scopes:
         self.lock = threading.RLock()
         self.seen = -1
         self.pending = 0  # new ids of this process's writes in flight (owners that write outside the lock)
+        self._stale: set[str] = set()  # users whose held scope may miss another process's writes
 
     def held(self, user_id: str) -> _Scope | None:
         """The user's scope when it is loaded (no load, no sync)."""
@@ -94,7 +101,9 @@ class Scopes:
         with self.lock:
             if sync:
                 self._sync()
-            for scope in self._held.values():
+            for user_id, scope in self._held.items():
+                if user_id in self._stale:
+                    continue
                 for i in ids:
                     p = scope.pos.get(i)
                     if p is not None and scope.bm25.alive[p]:
@@ -105,11 +114,13 @@ class Scopes:
         """Drop one user's scope (the next use reloads it)."""
         with self.lock:
             self._held.pop(user_id, None)
+            self._stale.discard(user_id)
 
     def reset(self, seen: int = -1) -> None:
         """Drop every scope (the next use reloads)."""
         with self.lock:
             self._held.clear()
+            self._stale.clear()
             self.seen = seen
 
     def _sync(self) -> None:
@@ -118,16 +129,31 @@ class Scopes:
             return
         if self.seen >= 0 and self.pending and self.seen < stamp <= self.seen + self.pending:
             return  # our own writes in flight (their owner advances `seen` when they land), not another process's
-        self.reset(stamp)
+        self._stale = set(self._held)
+        self.seen = stamp
+
+    def _refresh(self, user_id: str, scope: _Scope) -> bool:
+        """Bring a stale scope up to date with the store; False when it lost a memory (load it afresh)."""
+        ids = self._ids(user_id)
+        now = set(ids)
+        if any(i not in now for i in scope.pos):
+            return False
+        new = [i for i in ids if i not in scope.pos]
+        for doc, vec in self._rows(new, scope.with_vectors) if new else ():
+            scope.put(doc, vec)
+        self._stale.discard(user_id)
+        return True
 
     def get(self, user_id: str) -> _Scope:
-        """The user's scope, loaded from the store when not held or when the store changed."""
+        """The user's scope, loaded from the store when not held, brought up to date when another process wrote."""
         with self.lock:
             self._sync()
             scope = self._held.get(user_id)
-            if scope is not None:
+            if scope is not None and (user_id not in self._stale or self._refresh(user_id, scope)):
                 self._held.move_to_end(user_id)
                 return scope
+            self._held.pop(user_id, None)
+            self._stale.discard(user_id)
             ids = self._ids(user_id)
             scope = self._new(len(ids) <= VECTORS_IN_MEMORY_MAX)
             for doc, vec in self._rows(ids, scope.with_vectors):
@@ -140,7 +166,8 @@ class Scopes:
         """Drop least recently used scopes beyond ``max_docs`` memories or :data:`MAX_SCOPES` users."""
         held = sum(len(s) for s in self._held.values())
         while len(self._held) > 1 and (held > self.max_docs or len(self._held) > MAX_SCOPES):
-            _, dropped = self._held.popitem(last=False)
+            user_id, dropped = self._held.popitem(last=False)
+            self._stale.discard(user_id)
             held -= len(dropped)
 
 

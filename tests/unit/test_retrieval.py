@@ -256,3 +256,40 @@ def test_scopes_are_bounded_by_memories_not_by_a_few_users() -> None:
     assert small.held("a") is not None and small.held("c") is None
     tiny = scopes(1)  # a user larger than the whole bound is still held while in use
     assert len(tiny.get("x")) == 4 and tiny.held("x") is not None
+
+
+def test_another_process_write_refreshes_one_scope_instead_of_reloading_all(engine: Engine) -> None:
+    """With ``memchat serve --workers 2`` the other worker writes all the time. A foreign write used to drop
+    every held scope, so nearly every search reloaded its user's memories; now a scope is brought up to date
+    with its new ids only, and a memory forgotten elsewhere is never found again."""
+    mem = engine.memory
+    assert isinstance(mem, ChromaMemory)
+    engine.store_docs(_turns("t1", CONV[:4]))
+    engine.store_docs([MemoryDoc(id="u2-fact", text="Ben's sister climbs.", user_id="u2", thread_id="t2",
+                                 kind="fact", scope="user")])
+    mem.search("hiking", "u1", "t1", k=5)
+    mem.search("climbs", "u2", "t2", k=5)
+    scope1, scope2 = mem.scopes.held("u1"), mem.scopes.held("u2")
+    other = ChromaMemory(mem.client, mem.embeddings, collection=mem.collection_name)  # another process
+    other.add(_turns("t1", CONV)[4:5])
+    read: list[list[str]] = []
+    real = mem.scopes._rows
+
+    def spy(ids: list[str], with_vectors: bool) -> Any:
+        read.append(list(ids))
+        return real(ids, with_vectors)
+
+    mem.scopes._rows = spy
+    try:
+        assert mem.search("espresso machine", "u1", "t1", k=5)[0].doc.id == msg_id("t1", 5)
+        assert mem.search("climbs", "u2", "t2", k=5)[0].doc.id == "u2-fact"
+    finally:
+        mem.scopes._rows = real
+    assert read == [[msg_id("t1", 5)]]  # only the new memory was read; u2's scope was checked, not reloaded
+    assert mem.scopes.held("u1") is scope1 and mem.scopes.held("u2") is scope2
+
+    other.delete_user("u1")  # forgotten through the other process
+    assert mem.search("climbs", "u2", "t2", k=5)[0].doc.id == "u2-fact"  # notices the write, u1 now stale
+    assert mem.scopes.find([msg_id("t1", 2)]) == {}  # a stale scope is not read
+    assert mem.search("hiking Dolomites", "u1", "t1", k=5) == []
+    assert mem.scopes.held("u1") is not scope1  # it lost memories: loaded afresh
