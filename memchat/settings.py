@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     embedding_model: str = Field("", description="sentence-transformers id or path; empty = shipped all-MiniLM-L6-v2")
     embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
     embedding_device: str = Field("cpu")
+    embedding_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="Forward pass of live turns' embeddings: auto = ONNX Runtime on CPU when it gives "
+        "the same vectors as PyTorch, else PyTorch")
     tokenizer: str = Field("", description="tokenizer.json path or HF id; empty = Qwen's shipped tokenizer")
 
     # --- memory --------------------------------------------------------------------------------

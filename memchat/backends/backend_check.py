@@ -63,10 +63,10 @@ def check_checkpoints(settings: Settings) -> str:
 
 def check_vectors(settings: Settings) -> str:
     """Load the embedder and open the collection (refused when built with another embedder)."""
-    from memchat.backends.embeddings import load_embeddings
+    from memchat.backends.embeddings import embeddings_for
     from memchat.backends.stores import make_client, make_memory, where
 
-    emb = load_embeddings(settings.embedding_model, settings.embedding_query_prefix, settings.embedding_device)
+    emb = embeddings_for(settings)
     setting = "MEMCHAT_MILVUS_URI" if settings.vector_store == "milvus" else "MEMCHAT_CHROMA_URL"
     try:
         client: Any = make_client(settings)

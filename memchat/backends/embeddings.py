@@ -13,12 +13,16 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from langchain_core.embeddings import Embeddings
 
 from memchat.backends.embed_batch import MicroBatcher
+from memchat.backends.embed_onnx import OnnxEncoder, onnx_encoder
+
+if TYPE_CHECKING:
+    from memchat.settings import Settings
 
 DEFAULT_IDENTITY = "all-MiniLM-L6-v2"
 HUB_PROBE_TIMEOUT = 3.0
@@ -124,7 +128,8 @@ def resolve_model(model_name: str) -> str:
 class STEmbeddings(Embeddings):
     """Normalized sentence-transformers embeddings (cosine == dot product)."""
 
-    def __init__(self, model_name: str = "", query_prefix: str | None = None, device: str = "cpu") -> None:
+    def __init__(self, model_name: str = "", query_prefix: str | None = None, device: str = "cpu",
+                 backend: str = "auto") -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.model_name = model_name or default_model_path()
         self.is_default = not model_name
@@ -142,6 +147,17 @@ class STEmbeddings(Embeddings):
         self.dim = int(dim or 0)
         self._lock = threading.Lock()
         self._batch = MicroBatcher(self._encode)  # concurrent turns share one encode call
+        self._onnx: OnnxEncoder | None = None  # the forward pass of serving-size batches on ONNX Runtime
+        if backend == "onnx" or (backend == "auto" and device == "cpu"):
+            self._onnx = onnx_encoder(self.model, source)
+            if self._onnx is None and backend == "onnx":
+                raise EmbedderLoadError(f"MEMCHAT_EMBEDDING_BACKEND=onnx, but {self.model_name!r} cannot run on "
+                                        "ONNX Runtime here (see the log line before)")
+
+    @property
+    def backend(self) -> str:
+        """``onnx`` when serving-size batches run on ONNX Runtime, else ``torch``."""
+        return "onnx" if self._onnx is not None else "torch"
 
     def _encode(self, texts: list[str]) -> Any:
         """One ``encode`` call. Serving-size batches run on one torch thread: on a busy machine (request
@@ -150,6 +166,8 @@ class STEmbeddings(Embeddings):
         (pre-fills, re-indexing) keep torch's setting."""
         import torch
 
+        if self._onnx is not None and len(texts) <= FEW_TEXTS:
+            return self._onnx.encode(texts)  # one ONNX Runtime thread (its session's setting)
         with self._lock:
             old = torch.get_num_threads()
             few = len(texts) <= FEW_TEXTS
@@ -186,7 +204,14 @@ class STEmbeddings(Embeddings):
         return self._batch([self.query_prefix + text])[0].tolist()  # type: ignore[no-any-return]
 
 
+def embeddings_for(settings: Settings) -> STEmbeddings:
+    """The (cached) embedder the settings name."""
+    return load_embeddings(settings.embedding_model, settings.embedding_query_prefix, settings.embedding_device,
+                           settings.embedding_backend)
+
+
 @lru_cache(maxsize=4)
-def load_embeddings(model_name: str = "", query_prefix: str | None = None, device: str = "cpu") -> STEmbeddings:
+def load_embeddings(model_name: str = "", query_prefix: str | None = None, device: str = "cpu",
+                    backend: str = "auto") -> STEmbeddings:
     """Cached embedder per model."""
-    return STEmbeddings(model_name, query_prefix, device)
+    return STEmbeddings(model_name, query_prefix, device, backend)

@@ -90,11 +90,10 @@ class Engine:
     def memory(self) -> VectorMemory:
         with self._lock:
             if self._memory is None:
-                from memchat.backends.embeddings import load_embeddings
+                from memchat.backends.embeddings import embeddings_for
                 from memchat.backends.stores import make_memory
 
-                emb = load_embeddings(self.settings.embedding_model, self.settings.embedding_query_prefix,
-                                      self.settings.embedding_device)
+                emb = embeddings_for(self.settings)
                 self._memory = make_memory(self.settings, emb)
             return self._memory
 

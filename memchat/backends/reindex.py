@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from memchat.backends.embeddings import STEmbeddings, load_embeddings
+from memchat.backends.embeddings import STEmbeddings, embeddings_for
 from memchat.backends.stores import make_client, make_memory, where
 from memchat.backends.vectorstore import ChromaMemory, MemoryDoc, VectorMemory, make_chroma_client
 from memchat.settings import Settings
@@ -57,8 +57,7 @@ def reindex(settings: Settings, batch: int = 256, *, progress: bool = True,
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
-    emb = embeddings or load_embeddings(settings.embedding_model, settings.embedding_query_prefix,
-                                        settings.embedding_device)
+    emb = embeddings or embeddings_for(settings)
     if settings.vector_store == "milvus":
         return _reindex_milvus(settings, emb, batch, progress, client)
     client = client or make_chroma_client(settings.chroma_url, settings.data_dir)
@@ -163,8 +162,7 @@ def copy_store(settings: Settings, source_kind: str, batch: int = 256, *, progre
     source = settings.model_copy(update={"vector_store": source_kind})
     if source_kind == settings.vector_store:
         raise ValueError(f"--from {source_kind}: that is the configured store itself ({where(settings)})")
-    emb = embeddings or load_embeddings(settings.embedding_model, settings.embedding_query_prefix,
-                                        settings.embedding_device)
+    emb = embeddings or embeddings_for(settings)
     docs = [d for d in make_memory(source, emb, check_embedder=False).all_docs() if d.text.strip()]
     log.info("copying %d memories from %s to %s", len(docs), where(source), where(settings))
     target = make_memory(settings, emb)
