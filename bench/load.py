@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the local server: memchat serve in a subprocess, or uvicorn in a thread here")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
     ap.add_argument("--workers", type=int, default=1, help="memchat serve --workers of the local server; above 1 "
-                    "the bench starts a Chroma server for them unless --set chroma_url=… or vector_store=milvus")
+                    "the bench starts the Chroma server for them (to count its CPU) unless --set chroma_url=…")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     ap.add_argument("--llm-delay", type=float, default=0.0, help="seconds the stub LLM waits before each answer")
     ap.add_argument("--sweep", help="concurrencies to run one after another (e.g. 1,10,50): a table and a PNG")
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         with stub_llm(a.llm_delay) as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
                 contextlib.ExitStack() as stack:
             if a.workers > 1 and not overrides.get("chroma_url") and overrides.get("vector_store") != "milvus":
-                overrides["chroma_url"] = stack.enter_context(chroma_server(Path(d)))
+                overrides["chroma_url"] = stack.enter_context(chroma_server(Path(d)))  # its CPU is counted
             base = stack.enter_context(memchat_server(llm, Path(d), key, overrides, a.server, workers=a.workers))
             cpu = server_cpu(base, SERVER_PIDS)
             if a.sweep:

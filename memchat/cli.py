@@ -141,7 +141,7 @@ def memory(thread: Annotated[str, typer.Option("--thread", "-t")] = "default",
 @app.command()
 def serve(host: Annotated[str, typer.Option()] = "127.0.0.1", port: Annotated[int, typer.Option()] = 8000,
           workers: Annotated[int, typer.Option(min=0, help="processes sharing the port (0 = MEMCHAT_WORKERS, 1); "
-                                               "more than 1 needs an LLM server and a vector store server")] = 0
+                                               "more than 1 needs an LLM server (MEMCHAT_LLM_BASE_URL)")] = 0
           ) -> None:
     """Serve the OpenAI-compatible API, LangServe routes and the web chat page."""
     _quiet()

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(None, description="Tenant keys (hashed) and the users each may act for; "
                                        "managed with `memchat keys`, re-read when it changes")
     workers: int = Field(1, ge=1, description="`memchat serve` processes on one port; more than 1 needs an LLM "
-                         "server, and a Chroma server (MEMCHAT_CHROMA_URL) or a Milvus server for the vectors")
+                         "server; an embedded Chroma store is served to them by a Chroma server serve starts")
     login_max_failures: int = Field(5, ge=0, description="Failed /login attempts per client address and minute "
                                     "before 429 (per process; 0 = unlimited)")
 

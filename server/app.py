@@ -8,10 +8,12 @@ event loop never blocks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
@@ -93,16 +95,13 @@ def workers_problem(settings: Settings, workers: int) -> str | None:
     """Why ``workers`` processes cannot share this configuration; None when they can.
 
     The processes share the checkpoints (SQLite on one host, with ``flock`` thread leases, or PostgreSQL) and
-    find each other's vector writes (the foreign-write check of the scope cache), as replicas do; what they
-    cannot share is a store or a model that lives inside one process."""
+    find each other's vector writes (the scopes' stale check), as replicas do; an embedded Chroma store is put
+    behind a Chroma server that ``run`` starts. What they cannot share is a model or a Milvus Lite file."""
     if workers <= 1:
         return None
     if settings.embedded:
         return ("--workers above 1 needs MEMCHAT_LLM_BASE_URL (an LLM server): each worker would start its own "
                 "embedded model")
-    if settings.vector_store == "chroma" and not settings.chroma_url:
-        return ("--workers above 1 needs MEMCHAT_CHROMA_URL (a Chroma server, `chroma run`): the embedded Chroma "
-                "store is opened by one process")
     if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
         return ("--workers above 1 needs MEMCHAT_MILVUS_URI of a Milvus server: a Milvus Lite file is opened by "
                 "one process")
@@ -112,8 +111,6 @@ def workers_problem(settings: Settings, workers: int) -> str | None:
 def run(host: str = "127.0.0.1", port: int = 8000, workers: int = 0) -> None:
     """Serve with uvicorn (``memchat serve``); ``workers`` processes (0 = ``MEMCHAT_WORKERS``) share the port,
     each building its app from the environment. Raises RuntimeError when they cannot share the stores."""
-    import uvicorn
-
     fmt = os.environ.get("MEMCHAT_LOG_FORMAT") or "json"
     level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
     configure_logging(fmt, level)
@@ -127,7 +124,24 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int = 0) -> None:
                     "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
     options = dict(host=host, port=port, log_level=level.lower(), access_log=False,
                    log_config=uvicorn_log_config(fmt, level), timeout_graceful_shutdown=5)
-    if workers > 1:  # uvicorn's supervisor: the workers import the factory and read the same MEMCHAT_ environment
-        uvicorn.run("memchat.server.app:create_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
-    else:
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    if workers <= 1:
+        _uvicorn(create_app(settings), options)
+        return
+    with contextlib.ExitStack() as stack:
+        if settings.vector_store == "chroma" and not settings.chroma_url:  # the embedded store, behind a server
+            from memchat.backends.chroma_server import ChromaStartupError, chroma_server
+
+            try:
+                url, _ = stack.enter_context(chroma_server(Path(settings.data_dir) / "chroma"))
+            except ChromaStartupError as exc:
+                raise RuntimeError(str(exc)) from exc
+            os.environ["MEMCHAT_CHROMA_URL"] = url  # the workers read their settings from the environment
+            log.info("serving %d workers; the vectors in %s/chroma through a Chroma server at %s", workers,
+                     settings.data_dir, url)
+        _uvicorn("memchat.server.app:create_app", {**options, "factory": True, "workers": workers})
+
+
+def _uvicorn(app: object, options: dict[str, object]) -> None:
+    import uvicorn
+
+    uvicorn.run(app, **options)  # type: ignore[arg-type]
