@@ -19,7 +19,6 @@ server's ``/metrics`` the LLM calls by kind and the cached-token ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from rich.table import Table
 
 from memchat.bench.common import emit, parse_overrides, pct
 from memchat.bench.load_sweep import parse_sweep, server_cpu, sweep_plot, sweep_table
-from memchat.bench.stack import SERVER_PIDS, chroma_server, memchat_server, stub_llm
+from memchat.bench.stack import SERVER_PIDS, memchat_server, stub_llm
 
 __all__ = ["main", "marker", "memchat_server", "run_load", "stub_llm"]
 
@@ -307,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", choices=("process", "thread"), default="process",
                     help="the local server: memchat serve in a subprocess, or uvicorn in a thread here")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="settings of the local server")
-    ap.add_argument("--workers", type=int, default=1, help="memchat serve --workers of the local server; above 1 "
-                    "the bench starts the Chroma server for them (to count its CPU) unless --set chroma_url=…")
+    ap.add_argument("--workers", type=int, default=1, help="memchat serve --workers of the local server (above 1, "
+                    "serve starts a Chroma server for them; its CPU counts as the server's)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     ap.add_argument("--llm-delay", type=float, default=0.0, help="seconds the stub LLM waits before each answer")
     ap.add_argument("--sweep", help="concurrencies to run one after another (e.g. 1,10,50): a table and a PNG")
@@ -327,10 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         key = secrets.token_urlsafe(16)
         with stub_llm(a.llm_delay) as llm, tempfile.TemporaryDirectory(prefix="memchat-bench-load-") as d, \
-                contextlib.ExitStack() as stack:
-            if a.workers > 1 and not overrides.get("chroma_url") and overrides.get("vector_store") != "milvus":
-                overrides["chroma_url"] = stack.enter_context(chroma_server(Path(d)))  # its CPU is counted
-            base = stack.enter_context(memchat_server(llm, Path(d), key, overrides, a.server, workers=a.workers))
+                memchat_server(llm, Path(d), key, overrides, a.server, workers=a.workers) as base:
             cpu = server_cpu(base, SERVER_PIDS)
             if a.sweep:
                 return _sweep(base, key, parse_sweep(a.sweep), kw, cpu, a.json)

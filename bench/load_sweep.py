@@ -19,21 +19,19 @@ from memchat.bench.common import out_dir, plt
 
 
 def server_cpu(base: str, pids: dict[str, int]) -> Callable[[], float | None] | None:
-    """A function returning the server's CPU seconds so far, its worker processes and the store servers started
-    for it included (None when it cannot be known)."""
+    """A function returning the server's CPU seconds so far, its worker processes and the Chroma server it
+    starts for them included (None when it cannot be known)."""
     pid = pids.get(base)
     if pid is None:
         return time.process_time
     import psutil
 
-    from memchat.bench.stack import STORE_PIDS
-
-    procs = [psutil.Process(p) for p in (pid, *STORE_PIDS)]
+    proc = psutil.Process(pid)
 
     def read() -> float | None:
         total = 0.0
         try:
-            for p in [q for proc in procs for q in (proc, *proc.children(recursive=True))]:
+            for p in [proc, *proc.children(recursive=True)]:
                 with_children = p.cpu_times()
                 total += with_children.user + with_children.system
         except psutil.Error:

@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "support" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SERVER_PIDS: dict[str, int] = {}  # root URL → pid of a `memchat serve` started here (for its CPU time)
-STORE_PIDS: list[int] = []  # store servers started here for the memchat server (their CPU counts as its own)
 
 
 
@@ -128,19 +127,3 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
         server.should_exit = True
         thread.join(15)
 
-
-@contextlib.contextmanager
-def chroma_server(data_dir: Path) -> Iterator[str]:
-    """A Chroma server on a scratch directory under ``data_dir``; yields its URL (its CPU counts as the server's)."""
-    from memchat.backends.chroma_server import ChromaStartupError
-    from memchat.backends.chroma_server import chroma_server as run
-
-    try:
-        with run(data_dir / "chroma-server") as (url, pid):
-            STORE_PIDS.append(pid)
-            try:
-                yield url
-            finally:
-                STORE_PIDS.remove(pid)
-    except ChromaStartupError as exc:
-        raise SystemExit(str(exc)) from exc
