@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
         status = await server.probe(force=True)
         if status.state != "ok" and probe:
             log.warning("starting degraded: chat requests answer 503 until the LLM backend is reachable")
+        if probe:
+            await _warm_up(server, memchat)
         try:
             yield
         finally:
@@ -89,6 +91,16 @@ def create_app(settings: Settings | None = None, memchat: MemChat | None = None,
     mount_graph(app, memchat, server.metrics, settings, gate=server.gate, pool=lambda: server.pool)
     mount_page(app)
     return app
+
+
+async def _warm_up(server: Server, memchat: MemChat, timeout: float = 60.0) -> None:
+    """Load the embedder and the stores before taking requests; a failure is logged, the turns then report it."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(server.call(memchat.engine.warm_up), timeout)
+    except Exception as exc:  # noqa: BLE001 - a store that is down must not keep the server from starting
+        log.warning("memory backends not warmed up: %s: %s", type(exc).__name__, exc)
 
 
 def workers_problem(settings: Settings, workers: int) -> str | None:

@@ -97,6 +97,15 @@ class Engine:
                 self._memory = make_memory(self.settings, emb)
             return self._memory
 
+    def warm_up(self) -> None:
+        """Load the tokenizer, the embedder (and its ONNX session) and the vector store now: a server worker's
+        first turns otherwise wait seconds for them (the 10–15 s latency tail of ``bench load --workers 2``)."""
+        from memchat.backends.embeddings import embeddings_for
+
+        self.tokenizer.count("warm up")
+        self.memory.count()
+        embeddings_for(self.settings).embed_query("warm up")
+
     @property
     def llm(self) -> BaseChatModel:
         with self._lock:
