@@ -123,14 +123,14 @@ def workers_problem(settings: Settings, workers: int) -> str | None:
 def run(host: str = "127.0.0.1", port: int = 8000, workers: int = 0) -> None:
     """Serve with uvicorn (``memchat serve``); ``workers`` processes (0 = ``MEMCHAT_WORKERS``) share the port,
     each building its app from the environment. Raises RuntimeError when they cannot share the stores."""
-    fmt = os.environ.get("MEMCHAT_LOG_FORMAT") or "json"
-    level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
-    configure_logging(fmt, level)
     settings = get_settings()
     workers = workers or settings.workers
     problem = workers_problem(settings, workers)
-    if problem:
+    if problem:  # before anything is set up (logging included)
         raise RuntimeError(problem)
+    fmt = os.environ.get("MEMCHAT_LOG_FORMAT") or "json"
+    level = (os.environ.get("MEMCHAT_LOG_LEVEL") or "INFO").upper()
+    configure_logging(fmt, level)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None and not settings.api_keys_file:
         log.warning("serving on %s without MEMCHAT_API_KEY: anyone who can reach the port can read all memory "
                     "(only localhost names and MEMCHAT_ALLOWED_HOSTS are answered)", host)
