@@ -82,14 +82,15 @@ class Scopes:
 
     def __init__(self, new: Callable[[bool], _Scope], ids: Callable[[str], list[str]],
                  rows: Callable[[list[str], bool], Iterable[tuple[MemoryDoc, Any]]], stamp: Callable[[], int],
-                 max_docs: int = MAX_HELD_DOCS) -> None:
-        self._new, self._ids, self._rows, self._stamp = new, ids, rows, stamp
+                 max_docs: int = MAX_HELD_DOCS, forgets: Callable[[], str] | None = None) -> None:
+        self._new, self._ids, self._rows, self._stamp, self._forgets = new, ids, rows, stamp, forgets
         self.max_docs = max_docs  # memories held in all scopes together (the one just loaded always stays)
         self._held: OrderedDict[str, _Scope] = OrderedDict()
         self.lock = threading.RLock()
         self.seen = -1
         self.pending = 0  # new ids of this process's writes in flight (owners that write outside the lock)
         self._stale: set[str] = set()  # users whose held scope may miss another process's writes
+        self.forgets_seen: str | None = None  # the store's forget mark when last checked (None: not known)
 
     def held(self, user_id: str) -> _Scope | None:
         """The user's scope when it is loaded (no load, no sync)."""
@@ -116,21 +117,33 @@ class Scopes:
             self._held.pop(user_id, None)
             self._stale.discard(user_id)
 
-    def reset(self, seen: int = -1) -> None:
+    def reset(self, seen: int = -1, forgets: str | None = None) -> None:
         """Drop every scope (the next use reloads)."""
         with self.lock:
             self._held.clear()
             self._stale.clear()
-            self.seen = seen
+            self.seen, self.forgets_seen = seen, forgets
 
     def _sync(self) -> None:
+        """Mark every held scope stale when another process wrote or forgot.
+
+        A count alone misses a forget that other writes made up for (5 memories deleted, 5 stored), and the
+        forgotten memories would still be served from here; so unless the count already marked everything
+        stale, the store's forget mark (changed by every delete) is read as well."""
         stamp = self._stamp()
-        if stamp == self.seen:
+        own = stamp == self.seen or (self.seen >= 0 and self.pending > 0 and self.seen < stamp <= self.seen + self.pending)
+        if not own:  # another process wrote: every scope is checked (its lost ids seen) on its next use
+            first = self.seen < 0 and not self._held
+            self._stale, self.seen = set(self._held), stamp
+            # the mark is read on the first sync only: under another worker's writes this branch is the common
+            # one, and an unknown mark just marks the scopes stale once more on the next quiet sync
+            self.forgets_seen = self._forgets() if first and self._forgets is not None else None
             return
-        if self.seen >= 0 and self.pending and self.seen < stamp <= self.seen + self.pending:
-            return  # our own writes in flight (their owner advances `seen` when they land), not another process's
-        self._stale = set(self._held)
-        self.seen = stamp
+        if self._forgets is None:
+            return
+        mark = self._forgets()
+        if mark != self.forgets_seen:  # a forget elsewhere (or not known since the last foreign write)
+            self._stale, self.forgets_seen = set(self._held), mark
 
     def _refresh(self, user_id: str, scope: _Scope) -> bool:
         """Bring a stale scope up to date with the store; False when it lost a memory (load it afresh)."""

@@ -78,7 +78,7 @@ def reindex(settings: Settings, batch: int = 256, *, progress: bool = True,
     ids: list[str] = list(old.get(include=[])["ids"])
     before = (old.metadata or {}).get("embedder")
     log.info("re-embedding %d memories of %r from %r to %r", len(ids), name, before, emb.identity)
-    new = ChromaMemory(client, emb, collection=tmp_name, check_embedder=False).col
+    new = ChromaMemory(client, emb, collection=tmp_name, check_embedder=False, marks=False).col
     try:
         with tqdm(total=len(ids), desc=f"re-embedding with {emb.identity}", unit="doc", disable=not progress) as bar:
             for start in range(0, len(ids), batch):

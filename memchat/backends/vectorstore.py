@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ __all__ = ["BM25_B", "BM25_K1", "BM25_WEIGHT", "DENSE_WEIGHT", "MAX_SCOPES", "VE
            "_matvec", "bm25_tokens", "fuse", "make_chroma_client", "msg_id", "stem"]
 
 
+MARKS_SUFFIX = "-marks"  # the small collection beside the memories that holds the forget mark
+FORGET_MARK = "forget"
 WRITE_BATCH = 256  # documents per Chroma upsert when concurrent turns' writes are merged
 
 
@@ -80,7 +83,7 @@ class ChromaMemory:
     """
 
     def __init__(self, client: Any, embeddings: STEmbeddings, collection: str = "memchat",
-                 check_embedder: bool = True, cache_docs: int = MAX_HELD_DOCS) -> None:
+                 check_embedder: bool = True, cache_docs: int = MAX_HELD_DOCS, marks: bool = True) -> None:
         self.embeddings = embeddings
         self.client = client
         self.collection_name = collection
@@ -95,8 +98,11 @@ class ChromaMemory:
                 f"but MEMCHAT_EMBEDDING_MODEL is {embeddings.identity!r}; run `memchat reindex` to re-embed it"
             )
         self.cache = EmbedCache(embeddings)
+        # Every delete changes one record here, so other processes notice a forget even when their writes
+        # kept the memories' count unchanged (:meth:`Scopes._sync`).
+        self.marks = client.get_or_create_collection(collection + MARKS_SUFFIX, embedding_function=None) if marks else None
         self.scopes = Scopes(lambda with_vectors: _Scope(embeddings.dim, with_vectors), self._user_ids, self._rows,
-                             self.col.count, cache_docs)
+                             self.col.count, cache_docs, forgets=self._forget_mark if marks else None)
         self._lock = self.scopes.lock
         self._writes = MicroBatcher(self._write, max_texts=WRITE_BATCH)
 
@@ -172,11 +178,28 @@ class ChromaMemory:
     def _delete(self, where: Any) -> int:
         with self._lock:
             ids = self.col.get(where=where, include=[])["ids"]
+            mark = self.scopes.forgets_seen
             if ids:
                 self.col.delete(ids=ids)
-            self.scopes.reset(self.col.count())
+                mark = self._new_forget_mark()
+            self.scopes.reset(self.col.count(), mark)
             self.cache.clear()
             return len(ids)
+
+    def _forget_mark(self) -> str:
+        """The mark the last delete left (any process); "" before the first."""
+        if self.marks is None:
+            return ""
+        got = self.marks.get(ids=[FORGET_MARK], include=["metadatas"])["metadatas"] or [{}]
+        return str((got[0] or {}).get("mark", ""))
+
+    def _new_forget_mark(self) -> str | None:
+        """Change the forget mark (after the delete: a process that reads the new mark sees the memories gone)."""
+        if self.marks is None:
+            return None
+        mark = uuid.uuid4().hex
+        self.marks.upsert(ids=[FORGET_MARK], embeddings=[[0.0]], metadatas=[{"mark": mark}])
+        return mark
 
     def count(self) -> int:
         """Number of stored memories (all users)."""

@@ -18,7 +18,7 @@ from memchat.backends.embeddings import (
 )
 from memchat.backends.engine import Engine
 from memchat.backends.reindex import OLD_SUFFIX, TMP_SUFFIX, reindex
-from memchat.backends.vectorstore import ChromaMemory, EmbedderMismatch, MemoryDoc, make_chroma_client
+from memchat.backends.vectorstore import MARKS_SUFFIX, ChromaMemory, EmbedderMismatch, MemoryDoc, make_chroma_client
 from memchat.settings import Settings
 from tests.support.fakes import ScriptedChatModel
 from tests.support.services import ChromaServer, free_port, unique_name
@@ -204,7 +204,7 @@ def test_reindex_failure_leaves_the_store_as_it_was(small_model: Path, tmp_path:
         reindex(old_s, batch=2, embeddings=new_emb, progress=False)
     client = make_chroma_client("", old_s.data_dir)
     names = {c.name if hasattr(c, "name") else str(c) for c in client.list_collections()}
-    assert names == {"memchat"}
+    assert names == {"memchat", "memchat" + MARKS_SUFFIX}  # no leftover of the interrupted run
     mem = ChromaMemory(client, load_embeddings(), collection="memchat")  # still opens with MiniLM
     assert mem.count() == len(DOCS)
 

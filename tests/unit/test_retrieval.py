@@ -293,3 +293,19 @@ def test_another_process_write_refreshes_one_scope_instead_of_reloading_all(engi
     assert mem.scopes.find([msg_id("t1", 2)]) == {}  # a stale scope is not read
     assert mem.search("hiking Dolomites", "u1", "t1", k=5) == []
     assert mem.scopes.held("u1") is not scope1  # it lost memories: loaded afresh
+
+
+def test_a_forget_elsewhere_is_noticed_when_other_writes_keep_the_count(engine: Engine) -> None:
+    """Another process forgets a user and, before this one searches again, stores as many memories as it
+    deleted: the collection's count is unchanged, but the forgotten memories must not be served from the
+    scope this process holds."""
+    mem = engine.memory
+    assert isinstance(mem, ChromaMemory)
+    engine.store_docs(_turns("t1", CONV[:3]))
+    assert mem.search("hiking", "u1", "t1", k=5)  # u1's scope is held here
+    other = ChromaMemory(mem.client, mem.embeddings, collection=mem.collection_name)  # another process
+    gone = other.delete_user("u1")
+    other.add([MemoryDoc(id=f"u2-{i}", text=f"Ben note {i}.", user_id="u2", thread_id="t2", kind="fact",
+                         scope="user") for i in range(gone)])
+    assert mem.search("hiking Dolomites", "u1", "t1", k=5) == []
+    assert mem.get_ids([msg_id("t1", 1)]) == []
