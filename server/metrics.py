@@ -34,6 +34,8 @@ FAILURE_COUNTERS = {
                            "was answered",
     "extraction_rejected": "Operations of the LLM extraction tier dropped as ungrounded (not in the user's own "
                            "words, a question, a hypothetical, a quote or another person)",
+    "extraction_skipped": "LLM slot extractions not called: every sentence of the message asks (or is hypothetical, "
+                          "reported or quoted), so the checks would drop any operation",
     "summary_failures": "L1/L2 summaries that failed (invalid JSON, timeout, backend error); the turn was answered "
                         "with an extractive fallback",
     "retrieval_failures": "Retrievals that failed; the turn was answered without recalled memories",

@@ -29,7 +29,7 @@ from langgraph.constants import TAG_NOSTREAM
 
 from memchat.backends.llm import json_schema_format, response_format_for
 from memchat.backends.precompute import MISSING, PENDING, SummaryCache
-from memchat.memory.llm_ops import OPS_SCHEMA, check, parse_operations
+from memchat.memory.llm_ops import OPS_SCHEMA, check, might_state, parse_operations
 from memchat.memory.rules import extract_rules
 from memchat.prompts import load_prompt
 
@@ -107,6 +107,9 @@ def schedule(engine: Any, thread_id: str, values: dict[str, Any]) -> None:
     if key is None or not engine.settings.extraction_enabled:
         return
     text = _user_text(values)
+    if not might_state(text):  # only questions: the checks would reject anything the model said
+        engine.metrics.inc("extraction_skipped")
+        return
     cache_for(engine).submit(key, lambda: extract(engine, ctx, text))
 
 

@@ -81,6 +81,21 @@ def _sentence_ok(sentence: str, piece: str, op: str) -> bool:
     return _clause_ok(s, piece)
 
 
+def might_state(user_text: str) -> bool:
+    """False when no operation could pass :func:`check` for this message, whatever the model answers: every
+    sentence is a question (other than a polite "can you forget …?"), or a hypothetical, reported or quoted one.
+    The extraction call for such a message (a user who only asks) would be wasted, so it is not made."""
+    for sent in sentences(normalize(user_text)):
+        s = normalize(strip_quotes(sent))
+        if is_question(s) and _POLITE.search(s) and not is_reported(s):
+            return True  # a polite forget request ("Can you forget my email?") is grounded in a question
+        if is_hypothetical(s):
+            s = before_condition(s)
+        if s and not (is_question(s) or is_hypothetical(s) or is_reported(s)):
+            return True
+    return False
+
+
 def check(op: dict[str, Any], user_text: str) -> Candidate | None:
     """The operation as a candidate when it is well formed and grounded in the user's message, else None."""
     kind, verb = str(op.get("kind", "")), str(op.get("op", ""))

@@ -107,6 +107,17 @@ def test_ungrounded_third_party_question_and_quoted_operations_are_rejected(sett
     assert llm.kinds().count("extraction") == 2
 
 
+def test_a_message_that_only_asks_gets_no_extraction_call(settings: Settings) -> None:
+    """Nothing the model could answer for a question would pass the checks, so no call is made (one LLM call
+    fewer per such turn on the GPU); the next statement's extraction runs as before."""
+    mc, llm = make(settings, extractions=[ops(("set", "fact", "pet", "a beagle", "I have a beagle"))])
+    turn(mc, "What did I tell you about my pets? Do you remember?")
+    assert llm.kinds() == ["respond"] and mc.engine.metrics.snapshot().get("extraction_skipped") == 1
+    turn(mc, "I have a beagle.")
+    slots = turn(mc, "What is its name?")
+    assert slots == {"fact:pet": "a beagle"} and llm.kinds() == ["respond", "respond", "extraction", "respond"]
+
+
 @pytest.mark.parametrize("answer", ["REPLY#3 Stub reply", '{"operations": "none"}', "[1, 2]", None])
 def test_invalid_or_failed_extraction_is_counted_and_harmless(settings: Settings, answer: str | None) -> None:
     kw: dict[str, Any] = {"fail_kinds": {"extraction"}} if answer is None else {"extractions": [answer]}

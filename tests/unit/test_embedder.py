@@ -18,7 +18,13 @@ from memchat.backends.embeddings import (
 )
 from memchat.backends.engine import Engine
 from memchat.backends.reindex import OLD_SUFFIX, TMP_SUFFIX, reindex
-from memchat.backends.vectorstore import MARKS_SUFFIX, ChromaMemory, EmbedderMismatch, MemoryDoc, make_chroma_client
+from memchat.backends.vectorstore import (
+    MARKS_SUFFIX,
+    ChromaMemory,
+    EmbedderMismatch,
+    MemoryDoc,
+    make_chroma_client,
+)
 from memchat.settings import Settings
 from tests.support.fakes import ScriptedChatModel
 from tests.support.services import ChromaServer, free_port, unique_name

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from memchat.chat import MemChat
-from memchat.memory.rules import extract_rules
+from memchat.memory.llm_ops import check, might_state
+from memchat.memory.rules import extract_rules, sentences
+from memchat.memory.rules_guard import normalize
+from memchat.memory.slot_ops import OPS
 from memchat.memory.slots import apply_candidates, forget, render_slots
 from memchat.settings import Settings
 from tests.support.fakes import ScriptedChatModel
 from tests.support.serving import serve_app
+
+BENCH = Path(__file__).resolve().parents[2] / "memchat" / "bench"
 
 
 def ops(text: str) -> list[tuple[str, str, str]]:
@@ -173,3 +181,35 @@ def test_bench_slots_scores_cases(tmp_path, capsys) -> None:
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["cases"], out["slot_recall"], out["false_free"]) == (2, round(2 / 3, 4), 1.0)
     assert [f["id"] for f in out["failing"]] == ["zh"] and out["failing"][0]["missed"] == ["宋佳"]
+
+
+def _spans(sentence: str) -> set[str]:
+    """Every run of words (of characters, for Chinese) of a sentence: the evidence a model could quote."""
+    parts = sentence.split() if " " in sentence else list(sentence)
+    sep = " " if " " in sentence else ""
+    return {sep.join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)}
+
+
+def test_no_extraction_call_where_the_checks_would_reject_every_operation() -> None:
+    """``might_state`` skips the LLM tier's call only for messages where :func:`check` rejects whatever the
+    model answers (every sentence asks, or is hypothetical, reported or quoted): no slot is lost by the skip."""
+    msgs: list[str] = []
+    for name in ("slots_sample", "slots_unseen", "slots_blind", "slots_fresh"):
+        for case in json.loads((BENCH / f"{name}.json").read_text(encoding="utf-8")):
+            msgs += [*case["turns"], case["ask"]]
+    skipped = [m for m in msgs if not might_state(m)]
+    assert 20 <= len(skipped) < len(msgs) // 2
+    for msg in skipped:
+        for sent in sentences(normalize(msg)):
+            for ev in _spans(sent):
+                for verb in OPS:
+                    value = "" if verb in ("retract", "forget") else ev
+                    for key in ("email", "*"):
+                        op = {"op": verb, "kind": "fact", "key": key, "value": value, "evidence": ev}
+                        assert check(op, msg) is None, (msg, op)
+    for msg in ("My name is Sam. What is yours?", "Can you forget my email?", "请忘记我的邮箱。", "我叫李明。",
+                "Could you call me Sam from now on?", "I keep three hens. Do you?"):
+        assert might_state(msg), msg
+    for msg in ("What is my order number?", "我的订单号是多少？", 'She said "I am Zed".',
+                "If I had a dog, what would you name it?", "Do you remember where I live? And my email?"):
+        assert not might_state(msg), msg
