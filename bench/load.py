@@ -231,7 +231,7 @@ def _result(tally: Tally, run: str, threads: int, turns: int, stream: bool, lost
             out["ttft_ms"]["compaction_p95_ratio"] = round(out["ttft_ms"]["compaction"]["p95"] / other, 3)
     if before is not None and after is not None:
         calls = {k: after.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0) - before.get(f'memchat_llm_calls_total{{kind="{k}"}}', 0)
-                 for k in ("respond", "summary")}
+                 for k in ("respond", "summary", "extraction")}
         prompt = after.get("memchat_prompt_tokens_total", 0) - before.get("memchat_prompt_tokens_total", 0)
         cached = after.get("memchat_cached_tokens_total", 0) - before.get("memchat_cached_tokens_total", 0)
         out["server"] = {"llm_calls": {k: int(v) for k, v in calls.items()},
@@ -284,7 +284,8 @@ def table(res: dict[str, Any], where: str) -> Table:
     rows += [("errors", str(res["errors"])), ("lost turns", str(res["lost_turns"])), ("cross-talk", str(res["crosstalk"]))]
     srv = res.get("server")
     if srv:
-        rows.append(("LLM calls respond / summary", f"{srv['llm_calls']['respond']} / {srv['llm_calls']['summary']}"))
+        c = srv["llm_calls"]
+        rows.append(("LLM calls respond / summary / extraction", f"{c['respond']} / {c['summary']} / {c['extraction']}"))
         if srv.get("cached_token_ratio") is not None:
             rows.append(("cached-token ratio (backend)", f"{srv['cached_token_ratio']:.1%}"))
     for k, v in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -45,7 +46,8 @@ def retrieve(state: State, config: RunnableConfig, runtime: Runtime[Context] | N
     else:
         exclude |= shown
     try:
-        items = eng.recall(query, user_id=uid, thread_id=tid, budget_tokens=budget, exclude_ids=exclude)
+        items = eng.recall(query, user_id=uid, thread_id=tid, budget_tokens=budget, exclude_ids=exclude,
+                           now=datetime.now(UTC))  # "yesterday", "上周" are read against the turn's date
     except Exception as exc:  # degrade: answer without recalled memories, and count it
         log.warning("retrieval failed: %s", exc)
         eng.metrics.inc("retrieval_failures")

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from memchat.backends.tokens import TokenCounter, load_tokenizer
 from memchat.backends.vectorstore import Hit, MemoryDoc, VectorMemory, msg_id
+from memchat.memory.date_cues import date_window
 from memchat.memory.prompt import Budget, memory_line
 from memchat.memory.recall_policy import asks, content_free
 from memchat.settings import Settings
@@ -117,7 +118,8 @@ class Engine:
 
     # ---- retrieval --------------------------------------------------------------------------
     def recall(self, query: str, *, user_id: str, thread_id: str | None, budget_tokens: int,
-               exclude_ids: set[str] | None = None, top_k: int | None = None) -> list[dict[str, Any]]:
+               exclude_ids: set[str] | None = None, top_k: int | None = None,
+               now: datetime | None = None) -> list[dict[str, Any]]:
         """Hybrid retrieval + neighbour expansion, deduplicated, cut to ``budget_tokens``.
 
         The ``top_k`` best hits (dense + BM25, see :meth:`ChromaMemory.search`) pass their score on
@@ -131,8 +133,10 @@ class Engine:
         if budget_tokens <= 0 or not query.strip():
             return []
         exclude = exclude_ids or set()
-        hits = self._as_messages(self.memory.search(query, user_id, thread_id, s.memory_candidates,
-                                                    min_score=s.memory_min_score), thread_id)
+        when = date_window(query, now)
+        found = self.memory.search(query, user_id, thread_id, s.memory_candidates, min_score=s.memory_min_score,
+                                   when=when)
+        hits = self._as_messages(found, thread_id)
         hits = demote_questions([h for h in hits if h.doc.id not in exclude])
         if hits:  # a hit far weaker than the best unseen one is noise for this query
             floor = MIN_RELATIVE_SCORE * hits[0].score

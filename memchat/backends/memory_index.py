@@ -190,10 +190,12 @@ def _top(scores: np.ndarray, k: int, n: int) -> np.ndarray:
     return top[np.argsort(-scores[top], kind="stable")]
 
 
-def dense_top(scope: _Scope, vec: list[float], thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
-    """Exact cosine top-k over the scope's vectors visible from ``thread_id`` (``scope.with_vectors``)."""
+def dense_top(scope: _Scope, vec: list[float], thread_id: str | None, k: int,
+              when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]]:
+    """Exact cosine top-k over the scope's vectors visible from ``thread_id`` (``scope.with_vectors``), within
+    the ``when`` days when given."""
     n = scope.bm25.size
-    mask = scope.visible(thread_id) if n else np.zeros(0, dtype=bool)
+    mask = scope.visible(thread_id, when) if n else np.zeros(0, dtype=bool)
     n_visible = int(mask.sum())
     if not n_visible:
         return []
@@ -202,12 +204,14 @@ def dense_top(scope: _Scope, vec: list[float], thread_id: str | None, k: int) ->
     return [(scope.docs[int(i)], float(sims[i])) for i in _top(sims, k, n_visible)]
 
 
-def sparse_top(scope: _Scope, toks: list[str], thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
-    """BM25 top-k over the scope's memories visible from ``thread_id`` (positive scores only)."""
+def sparse_top(scope: _Scope, toks: list[str], thread_id: str | None, k: int,
+               when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]]:
+    """BM25 top-k over the scope's memories visible from ``thread_id`` (positive scores only), within the
+    ``when`` days when given."""
     if not toks or not scope.bm25.size:
         return []
     scores: Any = scope.bm25.scores(toks)
-    scores[~scope.visible(thread_id)] = 0.0
+    scores[~scope.visible(thread_id, when)] = 0.0
     pos = int((scores > 0).sum())
     if not pos:
         return []

@@ -85,14 +85,15 @@ class LocalIndex:
         """The user's documents, vectors and BM25 index, loaded from Milvus when not held."""
         return self.scopes.get(user_id)
 
-    def dense(self, vec: list[float], user_id: str, thread_id: str | None, k: int
-              ) -> list[tuple[MemoryDoc, float]] | None:
+    def dense(self, vec: list[float], user_id: str, thread_id: str | None, k: int,
+              when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]] | None:
         """Exact cosine top-k in process; ``None`` when the user has too many memories to hold vectors."""
         with self.scopes.lock:
             scope = self.scopes.get(user_id)
-            return dense_top(scope, vec, thread_id, k) if scope.with_vectors else None
+            return dense_top(scope, vec, thread_id, k, when) if scope.with_vectors else None
 
-    def sparse(self, toks: list[str], user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
+    def sparse(self, toks: list[str], user_id: str, thread_id: str | None, k: int,
+               when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]]:
         """BM25 top-k over the user's memories, as :meth:`ChromaMemory.sparse`."""
         with self.scopes.lock:
-            return sparse_top(self.scopes.get(user_id), toks, thread_id, k)
+            return sparse_top(self.scopes.get(user_id), toks, thread_id, k, when)

@@ -35,6 +35,7 @@ from memchat.backends.memory_index import EmbedCache
 from memchat.backends.milvus_local import LocalIndex
 from memchat.backends.scopes import MAX_HELD_DOCS
 from memchat.backends.vectorstore import EmbedderMismatch, Hit, MemoryDoc, bm25_tokens, fuse, stem
+from memchat.memory.records import DATE_WEIGHT, merge_dated
 from memchat.memory.textproc import tokenize
 
 MAX_VARCHAR = 65_535  # bytes, Milvus' largest VARCHAR
@@ -250,10 +251,15 @@ class MilvusMemory:
         return [d for d, _ in self.fetch(self.ids(where))]
 
     @staticmethod
-    def scope_filter(user_id: str, thread_id: str | None) -> str:
-        """A user's memories; with a thread, its thread-scoped ones and the user-scoped ones."""
+    def scope_filter(user_id: str, thread_id: str | None, when: tuple[str, str] | None = None) -> str:
+        """A user's memories; with a thread, its thread-scoped ones and the user-scoped ones; with ``when``, those
+        stored within those days (``date`` is ``YYYY-MM-DD HH:MM``, compared as text)."""
         expr = f"user_id == {quote(user_id)}"
-        return expr if thread_id is None else f"{expr} and (scope == \"user\" or thread_id == {quote(thread_id)})"
+        if thread_id is not None:
+            expr = f"{expr} and (scope == \"user\" or thread_id == {quote(thread_id)})"
+        if when is not None:
+            expr = f"{expr} and date >= {quote(when[0])} and date <= {quote(when[1] + '~')}"
+        return expr
 
     def _search(self, data: Any, field: str, expr: str, k: int, params: dict[str, Any]) -> list[tuple[MemoryDoc, float]]:
         res = self.client.search(self.collection_name, data=[data], anns_field=field, limit=max(1, k), filter=expr,
@@ -261,34 +267,42 @@ class MilvusMemory:
         return [(self._doc(r), abs(float(r["distance"]))) for r in (res[0] if res else [])]
 
     def dense(self, query: str, user_id: str, thread_id: str | None, k: int,
-              vector: list[float] | None = None) -> list[tuple[MemoryDoc, float]]:
-        """Cosine top-k within the user's (and thread's) scope."""
+              vector: list[float] | None = None, when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]]:
+        """Cosine top-k within the user's (and thread's) scope, within the ``when`` days when given."""
         vec = vector if vector is not None else self.embed_query(query)
         if self.local is not None:
-            got = self.local.dense(vec, user_id, thread_id, k)
+            got = self.local.dense(vec, user_id, thread_id, k, when)
             if got is not None:
                 return got
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if self.index == "HNSW":
             params["params"] = {"ef": max(64, 2 * k)}
-        return self._search(vec, "vector", self.scope_filter(user_id, thread_id), k, params)
+        return self._search(vec, "vector", self.scope_filter(user_id, thread_id, when), k, params)
 
-    def sparse(self, query: str, user_id: str, thread_id: str | None, k: int) -> list[tuple[MemoryDoc, float]]:
+    def sparse(self, query: str, user_id: str, thread_id: str | None, k: int,
+               when: tuple[str, str] | None = None) -> list[tuple[MemoryDoc, float]]:
         """BM25 top-k within the same scope: in Milvus ("server" search) or in process."""
         toks = stem(tokenize(query))
         if not toks:
             return []
         if self.local is not None:
-            return self.local.sparse(toks, user_id, thread_id, k)
-        hits = self._search(bm25_text(toks), "sparse", self.scope_filter(user_id, thread_id), k,
+            return self.local.sparse(toks, user_id, thread_id, k, when)
+        hits = self._search(bm25_text(toks), "sparse", self.scope_filter(user_id, thread_id, when), k,
                             {"metric_type": "BM25"})
         return [(d, s) for d, s in hits if s > 0]
 
-    def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0) -> list[Hit]:
-        """Dense + BM25, fused as for Chroma (:func:`memchat.backends.vectorstore.fuse`)."""
+    def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0,
+               when: tuple[str, str] | None = None) -> list[Hit]:
+        """Dense + BM25, fused as for Chroma (:func:`memchat.backends.vectorstore.fuse`), and with ``when`` the
+        memories of those days ranked among themselves too (:func:`merge_dated`)."""
         vec = self.embed_query(query)
-        return fuse(self.dense(query, user_id, thread_id, k, vector=vec),
-                    self.sparse(query, user_id, thread_id, k), min_score)
+        hits = fuse(self.dense(query, user_id, thread_id, k, vector=vec), self.sparse(query, user_id, thread_id, k),
+                    min_score)
+        if when is None:
+            return hits
+        dated = fuse(self.dense(query, user_id, thread_id, k, vector=vec, when=when),
+                     self.sparse(query, user_id, thread_id, k, when=when), 0.0)  # the date counts, not the words
+        return merge_dated(hits, dated, DATE_WEIGHT)
 
     def describe(self) -> str:
         """Backend, collection, dimension and count (for ``memchat check``)."""

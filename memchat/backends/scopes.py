@@ -30,6 +30,7 @@ class _Scope:
         self.vecs = np.zeros((64 if with_vectors else 0, dim), dtype=np.float32)
         self.user_scope = np.zeros(64, dtype=bool)
         self.thread_code = np.zeros(64, dtype=np.int64)
+        self.day = np.zeros(64, dtype="U10")  # YYYY-MM-DD the memory was stored (a question may name it)
         self.codes: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -50,8 +51,10 @@ class _Scope:
             cap = max(n, 2 * len(self.user_scope))
             self.user_scope = np.resize(self.user_scope, cap)
             self.thread_code = np.resize(self.thread_code, cap)
+            self.day = np.resize(self.day, cap)
         self.user_scope[i] = doc.scope == "user"
         self.thread_code[i] = self.codes.setdefault(doc.thread_id, len(self.codes))
+        self.day[i] = doc.date[:10]
         if self.with_vectors:
             if vec is None:
                 self.with_vectors = False
@@ -63,13 +66,16 @@ class _Scope:
                 self.vecs = grown
             self.vecs[i] = np.asarray(vec, dtype=np.float32)
 
-    def visible(self, thread_id: str | None) -> np.ndarray:
-        """Mask of live slots visible from ``thread_id`` (all the user's when ``None``)."""
+    def visible(self, thread_id: str | None, when: tuple[str, str] | None = None) -> np.ndarray:
+        """Mask of live slots visible from ``thread_id`` (all the user's when ``None``), stored within the
+        ``when`` days (inclusive ``YYYY-MM-DD`` pair) when given."""
         n = self.bm25.size
         mask = self.bm25.alive[:n].copy()
         if thread_id is not None:
             code = self.codes.get(thread_id, -1)
             mask &= self.user_scope[:n] | (self.thread_code[:n] == code)
+        if when is not None:
+            mask &= (self.day[:n] >= when[0]) & (self.day[:n] <= when[1])
         return mask
 
 

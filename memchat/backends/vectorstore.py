@@ -16,7 +16,16 @@ from memchat.backends.embed_batch import MicroBatcher
 from memchat.backends.embeddings import STEmbeddings
 from memchat.backends.memory_index import EmbedCache, Scopes, dense_top, sparse_top
 from memchat.backends.scopes import MAX_HELD_DOCS, MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
-from memchat.memory.records import BM25_WEIGHT, DENSE_WEIGHT, Hit, MemoryDoc, fuse, msg_id
+from memchat.memory.records import (
+    BM25_WEIGHT,
+    DATE_WEIGHT,
+    DENSE_WEIGHT,
+    Hit,
+    MemoryDoc,
+    fuse,
+    merge_dated,
+    msg_id,
+)
 from memchat.memory.textproc import tokenize
 
 # re-exported: the vector-memory API in one import (records and ranking live in memchat.memory.records,
@@ -42,7 +51,7 @@ class VectorMemory(Protocol):
     def add(self, docs: list[MemoryDoc]) -> None: ...
 
     def search(self, query: str, user_id: str, thread_id: str | None, k: int,
-               min_score: float = 0.0) -> list[Hit]: ...
+               min_score: float = 0.0, when: tuple[str, str] | None = None) -> list[Hit]: ...
 
     def get_ids(self, ids: list[str]) -> list[MemoryDoc]: ...
 
@@ -284,11 +293,18 @@ class ChromaMemory:
         with self._lock:
             return sparse_top(scope if scope is not None else self.scopes.get(user_id), q, thread_id, k)
 
-    def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0) -> list[Hit]:
-        """Dense + BM25 over the user's in-process scope, fused by :func:`fuse`."""
+    def search(self, query: str, user_id: str, thread_id: str | None, k: int, min_score: float = 0.0,
+               when: tuple[str, str] | None = None) -> list[Hit]:
+        """Dense + BM25 over the user's in-process scope, fused by :func:`fuse`; with ``when`` (days a question
+        names), the memories of those days ranked among themselves too (:func:`merge_dated`)."""
         vec = self.embed_query(query)
         with self._lock:
             scope = self.scopes.get(user_id)
             dense = self.dense(query, user_id, thread_id, k, vector=vec, scope=scope)
             sparse = self.sparse(query, user_id, thread_id, k, scope=scope)
-        return fuse(dense, sparse, min_score)
+            if when is not None:
+                wd = dense_top(scope, vec, thread_id, k, when) if scope.with_vectors else []
+                ws = sparse_top(scope, stem(tokenize(query)), thread_id, k, when)
+        hits = fuse(dense, sparse, min_score)
+        # the day's memories count for the date, not their words: no cosine floor among them
+        return merge_dated(hits, fuse(wd, ws, 0.0), DATE_WEIGHT) if when is not None else hits

@@ -11,6 +11,7 @@ from typing import Any
 # names, places and rare words decide most memory questions, and the small default embedder is weak.
 DENSE_WEIGHT = 1.0
 BM25_WEIGHT = 1.5
+DATE_WEIGHT = 1.0  # a memory of the days a question names, ranked within them, against the overall ranking
 
 
 @dataclass
@@ -59,6 +60,24 @@ class Hit:
     dense: float | None = None
     bm25: float | None = None
     neighbour_of: str | None = None
+
+
+def merge_dated(hits: list[Hit], dated: list[Hit], weight: float) -> list[Hit]:
+    """The question names a date: the memories of that window, ranked among themselves (``dated``), compete
+    with the overall ranking, the window's best at ``weight`` times the overall best (the words of "what did
+    we talk about on 3 June?" match other days' lines better); each memory keeps its better score."""
+    if not dated:
+        return hits
+    scale = weight * (hits[0].score if hits else dated[0].score) / max(dated[0].score, 1e-9)
+    by = {h.doc.id: h for h in hits}
+    for d in dated:
+        score = scale * d.score
+        h = by.get(d.doc.id)
+        if h is None:
+            by[d.doc.id] = Hit(doc=d.doc, score=score, dense=d.dense, bm25=d.bm25)
+        elif score > h.score:
+            h.score = score
+    return sorted(by.values(), key=lambda h: (-h.score, h.doc.id))
 
 
 def msg_id(thread_id: str, seq: int) -> str:

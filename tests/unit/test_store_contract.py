@@ -197,3 +197,25 @@ def test_milvus_without_full_text_search_keeps_bm25_in_process(settings: Setting
     other.add([_doc("a3", "The trip was moved to the Dolomites.", "u1", "t1", 3)])
     assert mem.search("Dolomites", "u1", "t1", k=5)[0].doc.id == "a3"
     assert mem.delete_user("u1") == 5 and mem.search("Dolomites", "u1", None, k=5) == []
+
+
+def test_a_date_the_question_names_brings_that_days_memories(store_engine: Engine) -> None:
+    """"What did we talk about on 3 June, 2023?" matches no words of that day's memory; the memories stored
+    that day are searched on their own too and compete with the overall ranking, on every store."""
+    def dated(i: str, text: str, day: str, seq: int) -> MemoryDoc:
+        return MemoryDoc(id=i, text=text, user_id="u1", thread_id="t1", kind="turn", seq=seq, speaker="user",
+                         date=f"{day} 18:30")
+    mem = store_engine.memory
+    filler = [dated(f"x{i}", f"We talked about the plans for the weekend, round {i}.", "2023-05-01", i)
+              for i in range(30)]
+    mem.add([*filler, dated("june", "The new puppy chewed through my charger cable.", "2023-06-03", 40),
+             dated("other", "My sister is visiting us next spring.", "2023-06-04", 41)])
+    q = "What did we talk about on 3 June, 2023?"
+    assert "june" not in _ids(mem.search(q, "u1", "t1", k=10))
+    hits = mem.search(q, "u1", "t1", k=10, when=("2023-06-03", "2023-06-03"))
+    assert "june" in _ids(hits) and "other" not in _ids(hits)
+    items = store_engine.recall(q, user_id="u1", thread_id="t1", budget_tokens=120)
+    assert "june" in {it["id"] for it in items}
+    assert _ids(mem.search(q, "u1", "t1", k=10, when=("2022-01-01", "2022-01-31"))) == _ids(
+        mem.search(q, "u1", "t1", k=10))  # nothing stored in the window: the ranking is unchanged
+    assert _ids(mem.search(q, "u2", "t1", k=10, when=("2023-06-03", "2023-06-03"))) == set()  # still scoped
