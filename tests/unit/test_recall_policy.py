@@ -94,3 +94,31 @@ def test_turns_store_only_statements_as_facts_and_show_the_date(engine: Engine) 
     assert mc.context("t")["messages"][-1]["content"].startswith("<now>")
     facts = engine.recall("favourite colour teal Porto 考虑一下", user_id="u", thread_id="other", budget_tokens=500)
     assert [it["text"] for it in facts] == ["My favourite colour is teal and I live in Porto."]
+
+
+def test_yesterday_is_read_against_the_turns_date(engine: Engine) -> None:
+    """The retrieve node reads "yesterday" / "上周" against the turn's date: yesterday's memory is recalled
+    although its words match the question less than older lines do (a 120-token memory share)."""
+    from datetime import UTC, datetime, timedelta
+
+    from langchain_core.messages import HumanMessage
+
+    from memchat.nodes.retrieve import retrieve
+
+    def at(seq: int, text: str, days_ago: int) -> MemoryDoc:
+        when = (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%d %H:%M")
+        return MemoryDoc(id=msg_id("t", seq), text=text, user_id="u1", thread_id="t", kind="turn", seq=seq,
+                         speaker="user", date=when)
+
+    engine = Engine(engine.settings.model_copy(update={"memory_tokens": 120}), llm=engine.llm)
+    old = [at(2 * i + 1, f"I told you about the tickets for the concert, part {i}.", 30) for i in range(40)]
+    engine.store_docs([*old, at(101, "My landlord finally fixed the boiler.", 1), at(103, "我的猫生病了。", 9)])
+    cfg = {"configurable": {"thread_id": "t", "user_id": "u1"}}
+
+    def recalled(q: str) -> list[str]:
+        out = retrieve({"messages": [HumanMessage(content=q)], "turn": 80}, cfg, engine=engine)["retrieved"]
+        return [str(it["id"]) for it in out]
+
+    assert msg_id("t", 101) in recalled("What did I tell you yesterday?")
+    assert msg_id("t", 103) in recalled("上周我跟你说了什么？")
+    assert msg_id("t", 101) not in recalled("What did I tell you about the tickets?")  # no date named
