@@ -29,7 +29,7 @@ def test_fifty_threads_twenty_turns_no_lost_turn_no_crosstalk(tmp_path: Path) ->
         assert res["problems"] == []
         assert res["turns_ok"] == THREADS * TURNS and res["errors"] == 0
         assert res["lost_turns"] == 0 and res["crosstalk"] == 0
-        assert res["server"]["llm_calls"] == {"respond": THREADS * TURNS, "summary": 0}
+        assert res["server"]["llm_calls"] == {"respond": THREADS * TURNS, "summary": 0, "extraction": 0}
         # one thread, by hand: all 20 turns, in order, its own, and the replies echo its own messages
         mem = httpx.get(f"{base}/v1/threads/load-conc-007/memory", headers={"Authorization": f"Bearer {KEY}"}).json()
         assert mem["turns"] == TURNS and mem["user_id"] == "load-conc-u007"
