@@ -68,12 +68,6 @@ def date_window(query: str, now: datetime | None = None) -> tuple[str, str] | No
     return first.isoformat(), last.isoformat()
 
 
-def in_window(stored: str, window: tuple[str, str]) -> bool:
-    """True when a memory stored at ``stored`` (``YYYY-MM-DD HH:MM``) falls in ``window``."""
-    day = stored[:10]
-    return len(day) == 10 and window[0] <= day <= window[1]
-
-
 def _span(match: re.Match[str], d: int | None, m: int, y: int | None, now: datetime | None,
           hint: int | None) -> tuple[date, date] | None:
     raw_m = match.group(m)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from memchat.memory.date_cues import date_window, in_window
+from memchat.memory.date_cues import date_window
 
 NOW = datetime(2026, 12, 2, 10, 0)
 
@@ -45,8 +45,3 @@ def test_windows(query: str, now: datetime | None, window: tuple[str, str]) -> N
 def test_no_window(query: str, now: datetime | None) -> None:
     assert date_window(query, now) is None
 
-
-def test_in_window() -> None:
-    assert in_window("2023-06-03 18:30", ("2023-06-03", "2023-06-03"))
-    assert not in_window("2023-06-04 00:00", ("2023-06-01", "2023-06-03"))
-    assert not in_window("", ("2023-06-01", "2023-06-03"))
