@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     embedding_query_prefix: str | None = Field(None, description="Query prefix; None = automatic (BGE family)")
     embedding_device: str = Field("cpu")
     embedding_backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="Forward pass of live turns' embeddings: auto = ONNX Runtime on CPU when it gives "
-        "the same vectors as PyTorch, else PyTorch")
+        "auto", description="Forward pass of live turns' embeddings: auto = ONNX Runtime on CPU with more than "
+        "one worker process (when it gives the same vectors as PyTorch), else PyTorch")
     tokenizer: str = Field("", description="tokenizer.json path or HF id; empty = Qwen's shipped tokenizer")
 
     # --- memory --------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int = 0) -> None:
     if workers <= 1:
         _uvicorn(create_app(settings), options)
         return
+    os.environ["MEMCHAT_WORKERS"] = str(workers)  # the workers read their settings from the environment
     with contextlib.ExitStack() as stack:
         if settings.vector_store == "chroma" and not settings.chroma_url:  # the embedded store, behind a server
             from memchat.backends.chroma_server import ChromaStartupError, chroma_server

@@ -205,9 +205,17 @@ class STEmbeddings(Embeddings):
 
 
 def embeddings_for(settings: Settings) -> STEmbeddings:
-    """The (cached) embedder the settings name."""
+    """The (cached) embedder the settings name.
+
+    ``embedding_backend=auto`` runs live turns on ONNX Runtime only when ``memchat serve`` runs several worker
+    processes. Paired ``memchat bench load --threads 50 --turns 20`` runs on 2 cores: with 2 workers ONNX Runtime
+    gave +22-28 % turns/s; in one process it gave fewer turns/s in 7 of 7 pairs (14.1-18.9 vs 16.4-22.5) and more
+    CPU per turn (63-69 vs 51-63 ms), so one process keeps PyTorch."""
+    backend = settings.embedding_backend
+    if backend == "auto" and settings.workers <= 1:
+        backend = "torch"
     return load_embeddings(settings.embedding_model, settings.embedding_query_prefix, settings.embedding_device,
-                           settings.embedding_backend)
+                           backend)
 
 
 @lru_cache(maxsize=4)

@@ -48,3 +48,15 @@ def test_a_wrong_export_is_caught_at_load(monkeypatch: pytest.MonkeyPatch, caplo
     with caplog.at_level(logging.WARNING, logger="memchat.embeddings"):
         emb = STEmbeddings(default_model_path())
     assert emb.backend == "torch" and "differs" in caplog.text
+
+
+def test_auto_uses_onnx_only_with_several_workers(tmp_path: Path) -> None:
+    """One process keeps PyTorch (ONNX Runtime measured slower there); ``--workers 2`` runs ONNX Runtime."""
+    from memchat.backends.embeddings import embeddings_for
+    from memchat.settings import Settings
+
+    one = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    assert embeddings_for(one).backend == "torch"
+    assert embeddings_for(one.model_copy(update={"workers": 2})).backend == "onnx"
+    assert embeddings_for(one.model_copy(update={"workers": 2, "embedding_backend": "torch"})).backend == "torch"
+    assert embeddings_for(one.model_copy(update={"embedding_backend": "onnx"})).backend == "onnx"
