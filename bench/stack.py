@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from memchat.backends.chroma_server import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 STUB = ROOT / "tests" / "support" / "sglang_stub.py"
 STUB_MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -25,27 +25,11 @@ SERVER_PIDS: dict[str, int] = {}  # root URL → pid of a `memchat serve` starte
 
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"), ("ANONYMIZED_TELEMETRY", "False")):
         env.setdefault(k, v)
     return env
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -63,7 +47,7 @@ def stub_llm(delay: float = 0.0) -> Iterator[str]:
             raise SystemExit(f"the stub LLM did not start (got {line!r})")
         yield f"{line[1]}/v1"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _wait_healthy(base: str, alive: Callable[[], bool], timeout: float = 180.0) -> None:
@@ -88,7 +72,7 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
     or ``thread`` (uvicorn in a thread of this process, one worker)."""
     settings: dict[str, Any] = {"llm_base_url": llm_url, "llm_model": STUB_MODEL, "data_dir": str(data_dir),
                                 "api_key": key, **overrides}
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     if mode == "process":
         env = _env()
@@ -104,7 +88,7 @@ def memchat_server(llm_url: str, data_dir: Path, key: str, overrides: dict[str, 
             yield base
         finally:
             SERVER_PIDS.pop(base, None)
-            _stop(proc)
+            stop_process(proc)
             if log and not isinstance(out, int):
                 out.close()
         return

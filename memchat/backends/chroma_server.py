@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,7 +27,8 @@ class ChromaStartupError(RuntimeError):
     """The Chroma server did not start (no CLI, it exited, or no heartbeat in time)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -40,7 +42,8 @@ def chroma_cli() -> Path:
     return cli
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGINT, then a kill when it does not exit within 15 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -55,7 +58,7 @@ def chroma_server(path: Path, timeout: float = START_TIMEOUT) -> Iterator[tuple[
     """``chroma run --path PATH`` on a free loopback port; yields (its URL, its pid); stopped on exit."""
     cli = chroma_cli()
     path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "CHROMA_TELEMETRY": "False"}
     proc = subprocess.Popen([str(cli), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
@@ -76,4 +79,4 @@ def chroma_server(path: Path, timeout: float = START_TIMEOUT) -> Iterator[tuple[
             time.sleep(0.2)
         yield url, proc.pid
     finally:
-        _stop(proc)
+        stop_process(proc)
