@@ -65,35 +65,35 @@ def _clause_ok(sent: str, ev: str) -> bool:
     return True
 
 
-def _sentence_ok(sentence: str, piece: str, op: str) -> bool:
-    """The guards of the rules tier, for the user sentence that holds ``piece`` of the evidence."""
+def _grounding(sentence: str, op: str) -> tuple[str, bool] | None:
+    """The guards of the rules tier for one user sentence: the part of it that may ground ``op`` (quotes
+    removed, a condition cut off) and whether it is a polite forget request; None when they leave nothing."""
     s = normalize(strip_quotes(sentence))
-    if piece not in s:
-        return False  # the evidence is (partly) inside a quote
     if op == "forget" and is_question(s) and _POLITE.search(s):
-        return not is_reported(s)
+        return None if is_reported(s) else (s, True)
     if is_hypothetical(s):
         s = before_condition(s)
-        if piece not in s:
-            return False
     if not s or is_question(s) or is_hypothetical(s) or is_reported(s):
+        return None
+    return s, False
+
+
+def _sentence_ok(sentence: str, piece: str, op: str) -> bool:
+    """The guards of the rules tier, for the user sentence that holds ``piece`` of the evidence."""
+    if piece not in normalize(strip_quotes(sentence)):
+        return False  # the evidence is (partly) inside a quote
+    got = _grounding(sentence, op)
+    if got is None:
         return False
-    return _clause_ok(s, piece)
+    s, polite_forget = got
+    return polite_forget or (piece in s and _clause_ok(s, piece))
 
 
 def might_state(user_text: str) -> bool:
     """False when no operation could pass :func:`check` for this message, whatever the model answers: every
     sentence is a question (other than a polite "can you forget …?"), or a hypothetical, reported or quoted one.
     The extraction call for such a message (a user who only asks) would be wasted, so it is not made."""
-    for sent in sentences(normalize(user_text)):
-        s = normalize(strip_quotes(sent))
-        if is_question(s) and _POLITE.search(s) and not is_reported(s):
-            return True  # a polite forget request ("Can you forget my email?") is grounded in a question
-        if is_hypothetical(s):
-            s = before_condition(s)
-        if s and not (is_question(s) or is_hypothetical(s) or is_reported(s)):
-            return True
-    return False
+    return any(_grounding(sent, op) is not None for sent in sentences(normalize(user_text)) for op in ("forget", "set"))
 
 
 def check(op: dict[str, Any], user_text: str) -> Candidate | None:
