@@ -35,7 +35,7 @@ from memchat.backends.memory_index import EmbedCache
 from memchat.backends.milvus_local import LocalIndex
 from memchat.backends.scopes import MAX_HELD_DOCS
 from memchat.backends.vectorstore import EmbedderMismatch, Hit, MemoryDoc, bm25_tokens, fuse, stem
-from memchat.memory.records import DATE_WEIGHT, merge_dated
+from memchat.memory.records import merge_dated
 from memchat.memory.textproc import tokenize
 
 MAX_VARCHAR = 65_535  # bytes, Milvus' largest VARCHAR
@@ -300,9 +300,8 @@ class MilvusMemory:
                     min_score)
         if when is None:
             return hits
-        dated = fuse(self.dense(query, user_id, thread_id, k, vector=vec, when=when),
-                     self.sparse(query, user_id, thread_id, k, when=when), 0.0)  # the date counts, not the words
-        return merge_dated(hits, dated, DATE_WEIGHT)
+        return merge_dated(hits, self.dense(query, user_id, thread_id, k, vector=vec, when=when),
+                           self.sparse(query, user_id, thread_id, k, when=when))
 
     def describe(self) -> str:
         """Backend, collection, dimension and count (for ``memchat check``)."""

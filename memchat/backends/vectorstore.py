@@ -18,7 +18,6 @@ from memchat.backends.memory_index import EmbedCache, Scopes, dense_top, sparse_
 from memchat.backends.scopes import MAX_HELD_DOCS, MAX_SCOPES, VECTORS_IN_MEMORY_MAX, _matvec, _Scope
 from memchat.memory.records import (
     BM25_WEIGHT,
-    DATE_WEIGHT,
     DENSE_WEIGHT,
     Hit,
     MemoryDoc,
@@ -306,5 +305,4 @@ class ChromaMemory:
                 wd = dense_top(scope, vec, thread_id, k, when) if scope.with_vectors else []
                 ws = sparse_top(scope, stem(tokenize(query)), thread_id, k, when)
         hits = fuse(dense, sparse, min_score)
-        # the day's memories count for the date, not their words: no cosine floor among them
-        return merge_dated(hits, fuse(wd, ws, 0.0), DATE_WEIGHT) if when is not None else hits
+        return merge_dated(hits, wd, ws) if when is not None else hits

@@ -62,10 +62,13 @@ class Hit:
     neighbour_of: str | None = None
 
 
-def merge_dated(hits: list[Hit], dated: list[Hit], weight: float) -> list[Hit]:
-    """The question names a date: the memories of that window, ranked among themselves (``dated``), compete
-    with the overall ranking, the window's best at ``weight`` times the overall best (the words of "what did
-    we talk about on 3 June?" match other days' lines better); each memory keeps its better score."""
+def merge_dated(hits: list[Hit], dense: list[tuple[MemoryDoc, float]], sparse: list[tuple[MemoryDoc, float]],
+                weight: float = DATE_WEIGHT) -> list[Hit]:
+    """The question names a date: the memories of that window, ranked among themselves (its ``dense`` and
+    ``sparse`` top-k, fused with no cosine floor: they count for the date, not their words), compete with the
+    overall ranking, the window's best at ``weight`` times the overall best (the words of "what did we talk
+    about on 3 June?" match other days' lines better); each memory keeps its better score. Shared by every store."""
+    dated = fuse(dense, sparse, 0.0)
     if not dated:
         return hits
     scale = weight * (hits[0].score if hits else dated[0].score) / max(dated[0].score, 1e-9)
